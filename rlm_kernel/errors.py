@@ -1,0 +1,113 @@
+"""Exceptions raised by rlm-kernel on the host side.
+
+The class tree::
+
+    RLMKernelError
+    ├── UsageError (ValueError)            bad input from the user: CLI exit code 2
+    │   ├── ContextError                   a context that cannot be read
+    │   ├── UnknownProviderError (LookupError)
+    │   ├── MissingAPIKeyError             names the environment variable to set
+    │   └── OutputPathError                the notebook cannot be written there
+    ├── ModelError (RuntimeError)          a model API call failed after the SDK's retries
+    ├── KernelError (RuntimeError)
+    │   ├── KernelStartError
+    │   └── DeadKernelError
+    ├── CellTimeoutError (TimeoutError)
+    ├── BudgetExceeded (RuntimeError)      carries the limit, what was spent and the budget
+    ├── BridgeError (ConnectionError)
+    └── NotebookFormatError (ValueError)   not a valid rlm-kernel run notebook
+
+Code running inside the kernel sees the kernel-side twins defined in ``runtime.py``
+(``SubcallError``, ``BudgetExceeded``, ``ReplayMiss``), which import nothing from here.
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+
+class RLMKernelError(Exception):
+    """Base class of every error rlm-kernel raises on purpose."""
+
+
+class UsageError(RLMKernelError, ValueError):
+    """The user asked for something that cannot be done; the message says what to change."""
+
+
+class ContextError(UsageError):
+    """The context could not be read or has an unsupported shape."""
+
+
+class UnknownProviderError(UsageError, LookupError):
+    """A ``provider:model`` name whose provider is not registered."""
+
+    def __init__(self, provider: str, known: list[str]) -> None:
+        self.provider = provider
+        self.known = known
+        super().__init__(
+            f"no model provider named {provider!r}; known providers: {', '.join(known)} "
+            "(write models as PROVIDER:MODEL, e.g. anthropic:claude-sonnet-5-5)"
+        )
+
+
+class MissingAPIKeyError(UsageError):
+    """The provider needs a key that is not set."""
+
+    def __init__(self, provider: str, env_var: str, hint: str = "") -> None:
+        self.provider = provider
+        self.env_var = env_var
+        message = f"no API key for {provider}: set the {env_var} environment variable"
+        super().__init__(message + (f" ({hint})" if hint else ""))
+
+
+class OutputPathError(UsageError):
+    """The run notebook cannot be written where it was asked to go."""
+
+
+class ModelError(RLMKernelError, RuntimeError):
+    """A model call failed after the SDK's retries."""
+
+    def __init__(self, model: str, message: str, *, retries: int = 0) -> None:
+        self.model = model
+        self.retries = retries
+        super().__init__(f"{model}: {message}")
+
+
+class KernelError(RLMKernelError, RuntimeError):
+    """The Jupyter kernel could not do what was asked."""
+
+
+class KernelStartError(KernelError):
+    """The kernel did not start or did not become ready in time."""
+
+
+class DeadKernelError(KernelError):
+    """The kernel process died."""
+
+
+class CellTimeoutError(RLMKernelError, TimeoutError):
+    """A cell ran longer than its timeout and was interrupted."""
+
+    def __init__(self, timeout: float, source: str) -> None:
+        self.timeout = timeout
+        self.source = source
+        lines = source.splitlines()
+        preview = "\n".join(lines if len(lines) <= 10 else [*lines[:5], "...", *lines[-5:]])
+        super().__init__(f"cell timed out after {timeout:g} s:\n{preview}")
+
+
+class BudgetExceeded(RLMKernelError, RuntimeError):
+    """A limit of the run (sub-calls, cost, time, depth) was reached."""
+
+    def __init__(self, limit: str, spent: float, budget: float) -> None:
+        self.limit = limit
+        self.spent = spent
+        self.budget = budget
+        super().__init__(f"{limit} budget exhausted: {spent:g} used of {budget:g}")
+
+
+class BridgeError(RLMKernelError, ConnectionError):
+    """The kernel-to-host bridge failed."""
+
+
+class NotebookFormatError(RLMKernelError, ValueError):
+    """A notebook that is not a valid rlm-kernel run record."""

@@ -1,0 +1,49 @@
+"""A plain Python callable as a model: the way tests and users plug in scripted or local models."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Sequence
+
+from ..types import Completion, Message, Usage
+
+
+class FunctionLLM:
+    """Wrap ``fn(messages) -> str`` (or ``-> Completion``, sync or async) as an :class:`LLM`.
+
+    An ``async`` function is awaited on the event loop. A plain function runs in a worker thread,
+    so one that blocks (a local HTTP call, ``time.sleep``) does not stall concurrent sub-calls.
+    Token counts are zero and the cost is ``None`` unless the function returns a
+    :class:`~rlm_kernel.types.Completion` that says otherwise.
+    """
+
+    def __init__(self, fn: Callable[..., object], name: str | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"FunctionLLM needs a callable, not {fn!r}")
+        self.fn = fn
+        self.name = name or f"function:{getattr(fn, '__qualname__', type(fn).__name__)}"
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)
+        )
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
+        # The function gets its own copy: a script that mutates it cannot corrupt the run's history.
+        convo = [dict(m) for m in messages]
+        start = time.perf_counter()
+        if self._is_async:
+            out = await self.fn(convo)
+        else:
+            out = await asyncio.to_thread(self.fn, convo)
+            if inspect.isawaitable(out):
+                out = await out
+        latency = time.perf_counter() - start
+        if isinstance(out, Completion):
+            return out
+        if not isinstance(out, str):
+            raise TypeError(f"model function {self.name} returned {type(out).__name__}, not str")
+        return Completion(text=out, model=self.name, usage=Usage(calls=1), latency_s=latency)
+
+    def __repr__(self) -> str:
+        return f"FunctionLLM({self.name!r})"
