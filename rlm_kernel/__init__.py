@@ -1,3 +1,3 @@
-"""rlm-kernel: Recursive Language Models that drive a real Jupyter kernel; every run is a notebook."""
+"""Recursive Language Models that drive a real Jupyter kernel; every run is a notebook."""
 
 __version__ = "0.1.0"

@@ -24,8 +24,9 @@ class FunctionLLM:
             raise TypeError(f"FunctionLLM needs a callable, not {fn!r}")
         self.fn = fn
         self.name = name or f"function:{getattr(fn, '__qualname__', type(fn).__name__)}"
+        # A callable object with an ``async def __call__`` is async too.
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
+            type(fn).__call__
         )
 
     async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:

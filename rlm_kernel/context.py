@@ -1,0 +1,219 @@
+"""Turn what the user gives as context into one file the kernel maps, plus its fingerprint.
+
+A text file that is valid UTF-8 is used where it lies (no copy); everything else (Python objects,
+JSON that needs normalising, several files, a directory, text with invalid bytes) is written once
+next to the run notebook. The kernel reads the file through ``mmap``; the context never travels
+as a code literal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ContextError
+
+PREVIEW_CHARS = 500
+ContextInput = str | list | dict | os.PathLike | Sequence[os.PathLike]
+
+
+@dataclass(frozen=True)
+class ContextInfo:
+    """What the run records about its context (``metadata.rlm.context``).
+
+    Attributes:
+        type: the Python type the kernel sees: ``str``, ``list`` or ``dict``.
+        kind: how the kernel decodes the file: ``text`` or ``json``.
+        path: absolute path of the file the kernel maps.
+        chars: characters of the decoded file.
+        bytes: size of the file.
+        sha256: hex digest of the file's bytes.
+        preview: the first characters, for people and for the model's first look.
+        items: number of elements of a list or dict, else ``None``.
+        lengths: characters of the first elements of a list or dict (what the model is told).
+        warnings: things the user should know, e.g. bytes replaced while decoding.
+    """
+
+    type: Literal["str", "list", "dict"]
+    kind: Literal["text", "json"]
+    path: Path
+    chars: int
+    bytes: int
+    sha256: str
+    preview: str
+    items: int | None = None
+    lengths: tuple[int, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_metadata(self, notebook_dir: Path) -> dict[str, Any]:
+        """The notebook's ``metadata.rlm.context``, with the path relative to the notebook."""
+        try:
+            rel = os.path.relpath(self.path, notebook_dir)
+        except ValueError:  # another drive on Windows
+            rel = str(self.path)
+        return {
+            "type": self.type,
+            "kind": self.kind,
+            "chars": self.chars,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "path": Path(rel).as_posix(),
+            "preview": self.preview,
+            "items": self.items,
+        }
+
+
+def _read_text(path: Path, warnings: list[str]) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ContextError(f"cannot read context file {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        warnings.append(
+            f"{path}: not valid UTF-8 (first bad byte at offset {e.start}); "
+            "undecodable bytes were replaced with U+FFFD"
+        )
+        return data.decode("utf-8", errors="replace")
+
+
+def _load_json(path: Path, warnings: list[str]) -> list | dict:
+    text = _read_text(path, warnings)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ContextError(f"context file {path} is not valid JSON: {e}") from None
+    if not isinstance(value, (list, dict)):
+        raise ContextError(
+            f"JSON context {path} must hold a list or an object, not {type(value).__name__}"
+        )
+    return value
+
+
+def _load_dir(path: Path, warnings: list[str]) -> dict[str, str]:
+    files = {}
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            full = Path(root, name)
+            files[full.relative_to(path).as_posix()] = _read_text(full, warnings)
+    if not files:
+        raise ContextError(f"context directory {path} holds no files")
+    return files
+
+
+def _load_path(path: Path, warnings: list[str]) -> str | list | dict:
+    if not path.exists():
+        raise ContextError(f"context path {path} does not exist")
+    if path.is_dir():
+        return _load_dir(path, warnings)
+    if path.suffix.lower() == ".json":
+        return _load_json(path, warnings)
+    return _read_text(path, warnings)
+
+
+def _fingerprint(path: Path) -> tuple[int, str]:
+    size = path.stat().st_size
+    if size == 0:
+        return 0, hashlib.sha256(b"").hexdigest()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return size, hashlib.sha256(mm).hexdigest()
+
+
+def _describe(value: str | list | dict) -> tuple[int | None, tuple[int, ...]]:
+    if isinstance(value, str):
+        return None, ()
+    items = value if isinstance(value, list) else list(value.values())
+    lengths = tuple(len(x) if isinstance(x, (str, list, dict)) else len(str(x)) for x in items[:50])
+    return len(value), lengths
+
+
+def _write(value: str | list | dict, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        if isinstance(value, str):
+            tmp.write_text(value, encoding="utf-8", newline="")
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(value, f, ensure_ascii=False)
+        os.replace(tmp, dest)
+    except TypeError as e:
+        tmp.unlink(missing_ok=True)
+        raise ContextError(f"context is not JSON-serialisable: {e}") from None
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ContextError(f"cannot write the context file {dest}: {e.strerror or e}") from None
+
+
+def prepare(context: ContextInput, dest_stem: Path) -> ContextInfo:
+    """Make ``context`` ready for the kernel and fingerprint it.
+
+    Args:
+        context: a ``str`` (the text itself), a ``list`` or ``dict`` (JSON-serialisable), a path
+            (``pathlib.Path`` or any ``os.PathLike``: a text file, a ``.json`` file holding a list
+            or an object, or a directory, read as ``{relative path: text}``), or a list of paths,
+            read as a list of their contents.
+        dest_stem: where to write a context file when one is needed, without suffix; the suffix
+            ``.context.txt`` or ``.context.json`` is added.
+
+    Raises:
+        ContextError: a path is missing or unreadable, JSON is invalid or not a list/object, or
+            an object cannot be serialised.
+    """
+    warnings: list[str] = []
+    source: Path | None = None
+    if isinstance(context, os.PathLike):
+        source = Path(context).expanduser()
+        value = _load_path(source, warnings)
+    elif (
+        isinstance(context, (list, tuple))
+        and context
+        and all(isinstance(p, os.PathLike) for p in context)
+    ):
+        value = [_load_path(Path(p).expanduser(), warnings) for p in context]
+    elif isinstance(context, (str, list, dict)):
+        value = context
+    elif isinstance(context, tuple):
+        value = list(context)
+    else:
+        raise ContextError(
+            "context must be a str, a list, a dict, a path or a list of paths, "
+            f"not {type(context).__name__}"
+        )
+
+    kind: Literal["text", "json"] = "text" if isinstance(value, str) else "json"
+    if source is not None and source.is_file() and not warnings:
+        target = source.resolve()  # a file the kernel can decode as it is is mapped where it lies
+    else:
+        target = Path(f"{dest_stem}.context.{'txt' if kind == 'text' else 'json'}").resolve()
+        _write(value, target)
+
+    size, digest = _fingerprint(target)
+    if kind == "text":
+        chars, preview = len(value), value[:PREVIEW_CHARS]  # type: ignore[arg-type]
+    else:
+        with open(target, encoding="utf-8") as f:
+            text = f.read()
+        chars, preview = len(text), text[:PREVIEW_CHARS]
+    items, lengths = _describe(value)
+    return ContextInfo(
+        type=type(value).__name__,  # type: ignore[arg-type]
+        kind=kind,
+        path=target,
+        chars=chars,
+        bytes=size,
+        sha256=digest,
+        preview=preview,
+        items=items,
+        lengths=lengths,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,670 @@
+"""What the root model finds inside the kernel: ``context``, ``llm_query`` and friends.
+
+This file runs inside the Jupyter kernel. The host loads it by path as the module
+``rlm_kernel_runtime`` (see :func:`bootstrap_code`), so it imports only the standard library and
+nothing from ``rlm_kernel``. Sub-calls and the final answer go to the host through a
+:class:`Transport`: :class:`SocketTransport` speaks the protocol written down in
+``rlm_kernel/bridge.py``; a replay transport answers from a recorded notebook instead.
+
+Errors reach the model as exceptions, never as strings that look like answers::
+
+    SubcallError (RuntimeError)     a sub-call failed after the host's retries
+    BudgetExceeded (RuntimeError)   the run's sub-call, cost or time budget is used up
+    ReplayMiss (LookupError)        replay met a prompt that was never recorded
+    BridgeError (ConnectionError)   the connection to the host failed or was lost
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import keyword
+import mmap
+import os
+import socket
+import struct
+import threading
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+__all__ = [
+    "BridgeError",
+    "BudgetExceeded",
+    "ReplayMiss",
+    "SocketTransport",
+    "SubcallError",
+    "Transport",
+    "bootstrap_code",
+    "install",
+    "load_context",
+]
+
+MODULE_NAME = "rlm_kernel_runtime"
+
+_HEADER = struct.Struct(">I")
+_RECV_CHUNK = 64 * 1024
+_WAITING = object()  # a request whose response has not arrived
+_LOST = object()  # a request whose connection was dropped before its response arrived
+
+
+class SubcallError(RuntimeError):
+    """A sub-call failed after the host's retries.
+
+    Attributes:
+        partial: for a batch, the answers in prompt order, ``None`` where a prompt failed.
+        errors: for a batch, prompt index → error message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial: list[str | None] | None = None,
+        errors: dict[int, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.errors = errors if errors is not None else {}
+
+
+class BudgetExceeded(RuntimeError):
+    """The run's sub-call, cost or time budget is used up; further sub-calls will fail too.
+
+    Attributes:
+        partial: for a batch, the answers in prompt order, ``None`` where a prompt failed.
+        errors: for a batch, prompt index → error message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial: list[str | None] | None = None,
+        errors: dict[int, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.errors = errors if errors is not None else {}
+
+
+class ReplayMiss(LookupError):
+    """Replay met a prompt that the recorded run never sent."""
+
+
+class BridgeError(ConnectionError):
+    """The connection to the host failed or was lost; the next call opens a new one."""
+
+
+class Transport(Protocol):
+    """Carries one request to the host and returns its response.
+
+    ``op`` is ``"subcall"`` (payload ``kind``, ``prompts``, ``model``; response ``results``) or
+    ``"final"`` (payload ``value``, ``via``; response ``ok``). A response holding ``error`` and
+    ``type`` reports a failure of the whole request.
+    """
+
+    def request(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and block until its response arrives."""
+        ...
+
+
+# --------------------------------------------------------------------------- socket transport
+
+
+class _Connection:
+    __slots__ = ("buf", "chunk", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        # Reused for every recv: a fresh large bytes object per call costs more than the call.
+        self.chunk = memoryview(bytearray(_RECV_CHUNK))
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message).encode("utf-8")
+    return _HEADER.pack(len(body)) + body
+
+
+def _send(sock: socket.socket, frame: bytes) -> None:
+    try:
+        sock.sendall(frame)
+    except OSError as exc:
+        raise BridgeError(f"cannot send to the host: {exc}") from exc
+
+
+def _read_frames(conn: _Connection) -> list[dict[str, Any]]:
+    """Block until at least one whole frame has arrived; return every whole frame received."""
+    buf, sock = conn.buf, conn.sock
+    while True:
+        if len(buf) >= 4:
+            (size,) = _HEADER.unpack_from(buf)
+            if len(buf) >= 4 + size:
+                break
+            if size > _RECV_CHUNK:
+                # A large response: read it straight into a buffer of its final size.
+                body = bytearray(size)
+                have = len(buf) - 4
+                body[:have] = buf[4:]
+                buf.clear()
+                view = memoryview(body)
+                while have < size:
+                    n = _recv_into(sock, view[have:])
+                    have += n
+                return [json.loads(body)]
+        n = _recv_into(sock, conn.chunk)
+        buf += conn.chunk[:n]
+    frames = []
+    start = 0
+    while len(buf) - start >= 4:
+        (size,) = _HEADER.unpack_from(buf, start)
+        end = start + 4 + size
+        if len(buf) < end:
+            break
+        frames.append(json.loads(buf[start + 4 : end]))
+        start = end
+    del buf[:start]
+    return frames
+
+
+def _recv_into(sock: socket.socket, view: memoryview) -> int:
+    try:
+        n = sock.recv_into(view)
+    except OSError as exc:
+        raise BridgeError(f"lost the connection to the host: {exc}") from exc
+    if not n:
+        raise BridgeError("the host closed the connection")
+    return n
+
+
+def _parse_address(address: str) -> tuple[int, Any]:
+    scheme, _, rest = address.partition(":")
+    if scheme == "unix" and rest:
+        return socket.AF_UNIX, rest
+    if scheme == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit():
+            return socket.AF_INET6 if ":" in host else socket.AF_INET, (host.strip("[]"), int(port))
+    raise ValueError(f"bridge address must be 'unix:/path' or 'tcp:HOST:PORT', not {address!r}")
+
+
+class SocketTransport:
+    """The bridge client: one persistent, pipelined connection to the host.
+
+    Connects on the first request and keeps the connection. Several threads may call
+    :meth:`request` at once: each request gets an id, one waiting thread at a time reads the
+    socket and hands every response to its caller, so a single caller pays no thread switch.
+    If anything interrupts a request midway (``KeyboardInterrupt`` from a cell timeout, a
+    dropped socket), the connection is closed, which cancels the host's work for it, and the
+    next request opens a new one, so the stream never falls out of step.
+
+    Args:
+        address: ``"unix:/path/to.sock"`` or ``"tcp:HOST:PORT"``, from ``BridgeServer.address``.
+        token: the server's token.
+        connect_timeout: seconds to wait for the connection and the token check.
+    """
+
+    def __init__(self, address: str, token: str, *, connect_timeout: float = 10.0) -> None:
+        self._family, self._target = _parse_address(address)
+        self.address = address
+        self._token = token
+        self._connect_timeout = connect_timeout
+        self._cond = threading.Condition(threading.Lock())
+        self._send_lock = threading.Lock()
+        self._conn: _Connection | None = None
+        self._reader: _Connection | None = None  # the connection some thread is reading
+        self._pending: dict[int, Any] = {}
+        self._next_id = 0
+
+    def request(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and block until its response arrives."""
+        with self._cond:
+            conn = self._conn or self._connect()
+            self._next_id += 1
+            rid = self._next_id
+            self._pending[rid] = _WAITING
+        try:
+            frame = _encode({"id": rid, "op": op, **payload})
+            with self._send_lock:
+                _send(conn.sock, frame)
+            return self._wait(conn, rid)
+        except BaseException:
+            self._drop(conn)
+            raise
+        finally:
+            with self._cond:
+                self._pending.pop(rid, None)
+
+    def close(self) -> None:
+        """Close the connection; a later request opens a new one."""
+        conn = self._conn
+        if conn is not None:
+            self._drop(conn)
+
+    def _connect(self) -> _Connection:
+        # Called with self._cond held, so other threads wait for the same connection.
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._connect_timeout)
+            sock.connect(self._target)
+            if self._family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(sock)
+            sock.sendall(_encode({"op": "hello", "token": self._token}))
+            reply = _read_frames(conn)[0]
+            sock.settimeout(None)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, OSError) and not isinstance(exc, BridgeError):
+                raise BridgeError(f"cannot connect to the host at {self.address}: {exc}") from exc
+            raise
+        if not reply.get("ok"):
+            sock.close()
+            raise BridgeError(
+                f"the host at {self.address} refused the connection: {reply.get('error', reply)}"
+            )
+        self._conn = conn
+        return conn
+
+    def _drop(self, conn: _Connection) -> None:
+        with self._cond:
+            if self._conn is not conn:
+                return
+            self._conn = None
+            if self._reader is conn:
+                self._reader = None
+            for rid in self._pending:
+                self._pending[rid] = _LOST
+            self._cond.notify_all()
+        # shutdown() first: it wakes a thread blocked in recv() on this socket.
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.sock.close()
+
+    def _wait(self, conn: _Connection, rid: int) -> dict[str, Any]:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    response = self._pending.get(rid, _LOST)
+                    if response is _LOST:
+                        raise BridgeError(
+                            "the connection to the host was lost before the answer arrived"
+                        )
+                    if response is not _WAITING:
+                        return response
+                    if self._reader is None:
+                        self._reader = conn
+                        break
+                    cond.wait()
+            frames: list[dict[str, Any]] = []
+            try:
+                frames = _read_frames(conn)
+            finally:
+                with cond:
+                    if self._reader is conn:
+                        self._reader = None
+                    for frame in frames:
+                        if frame.get("id") in self._pending:
+                            self._pending[frame["id"]] = frame
+                    cond.notify_all()
+
+
+# --------------------------------------------------------------------------- context
+
+
+def load_context(path: str, kind: str = "text") -> str | list[Any] | dict[str, Any]:
+    """Read the run's input from a file.
+
+    The file is memory-mapped and decoded straight from the mapping, so 100 MB of text loads
+    in tens of milliseconds without an extra copy.
+
+    Args:
+        path: the context file written (or pointed to) by the host.
+        kind: ``"text"`` gives a ``str``; ``"json"`` gives what the JSON holds (a list or dict).
+    """
+    if kind not in ("text", "json"):
+        raise ValueError(f"context kind must be 'text' or 'json', not {kind!r}")
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            text = ""  # mmap refuses empty files
+        else:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+                text = str(mapping, "utf-8")
+    return json.loads(text) if kind == "json" else text
+
+
+# --------------------------------------------------------------------------- the model's functions
+
+
+def _raise_for(response: dict[str, Any]) -> None:
+    if "error" not in response:
+        return
+    message = str(response["error"]) or "the host reported an error without a message"
+    kind = response.get("type")
+    if kind == "BudgetExceeded":
+        raise BudgetExceeded(message)
+    if kind == "ReplayMiss":
+        raise ReplayMiss(message)
+    if kind == "SubcallError":
+        raise SubcallError(message)
+    raise BridgeError(message)
+
+
+class _Host:
+    """The installed functions' link to the host: a transport, or none at all."""
+
+    def __init__(self, transport: Transport | None) -> None:
+        self.transport = transport
+
+    def subcall(self, kind: str, prompts: list[str], model: str | None, caller: str) -> list[Any]:
+        if self.transport is None:
+            raise BridgeError(
+                f"{caller} needs the rlm-kernel host, and this kernel is not connected to one"
+            )
+        response = self.transport.request(
+            "subcall", {"kind": kind, "prompts": prompts, "model": model}
+        )
+        _raise_for(response)
+        results = response.get("results")
+        if not isinstance(results, list) or len(results) != len(prompts):
+            raise BridgeError(f"the host sent a malformed answer to {caller}")
+        return results
+
+    def final(self, value: str, via: str) -> None:
+        if self.transport is None:
+            print(f"Final answer (no rlm-kernel host is connected to record it):\n{value}")
+            return
+        _raise_for(self.transport.request("final", {"value": value, "via": via}))
+
+
+def _check_model(model: object, caller: str) -> None:
+    if model is not None and not isinstance(model, str):
+        raise TypeError(f"{caller}: model must be a str or None, not {type(model).__name__}")
+
+
+def _one_answer(result: dict[str, Any]) -> str:
+    if "ok" in result:
+        return str(result["ok"])
+    message = str(result.get("error") or "the sub-call failed without a message")
+    if result.get("type") == "BudgetExceeded":
+        raise BudgetExceeded(message)
+    raise SubcallError(message)
+
+
+def _context_as_text(context: object) -> str:
+    if isinstance(context, str):
+        return context
+    try:
+        return json.dumps(context, ensure_ascii=False, indent=1)
+    except (TypeError, ValueError):
+        return str(context)
+
+
+def _build_functions(host: _Host, namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    """Make the functions installed into the namespace, bound to ``host`` and ``namespace``."""
+
+    def llm_query(prompt: str, model: str | None = None) -> str:
+        """Ask a sub-model one question and return its answer.
+
+        The sub-model sees only ``prompt``, not your variables: put every piece of text it needs
+        into the prompt. A sub-model reads about as much as you can, so hand it chunks rather
+        than the whole context.
+
+        Args:
+            prompt: the whole question, with the text it is about.
+            model: a different sub-model by name; ``None`` uses the run's sub-model.
+
+        Returns:
+            The sub-model's answer.
+
+        Raises:
+            SubcallError: the sub-call failed after the host's retries.
+            BudgetExceeded: the run's sub-call, cost or time budget is used up.
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"llm_query takes one prompt as a str, not {type(prompt).__name__}; "
+                "for several prompts use llm_query_batched(list_of_prompts)"
+            )
+        _check_model(model, "llm_query")
+        (result,) = host.subcall("llm", [prompt], model, "llm_query")
+        return _one_answer(result)
+
+    def llm_query_batched(prompts: Iterable[str], model: str | None = None) -> list[str]:
+        """Ask a sub-model many questions at once; the answers come back in the same order.
+
+        The host runs the prompts concurrently, so this is much faster than calling
+        ``llm_query`` in a loop. Each prompt is answered on its own, seeing nothing else.
+
+        Args:
+            prompts: a list of prompts (str).
+            model: a different sub-model by name; ``None`` uses the run's sub-model.
+
+        Returns:
+            One answer per prompt, in order.
+
+        Raises:
+            SubcallError: some prompts failed; ``.partial`` holds the answers in order (``None``
+                where a prompt failed) and ``.errors`` maps each failed index to its message.
+            BudgetExceeded: the budget ran out during the batch (same ``.partial``/``.errors``).
+        """
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError(
+                "llm_query_batched takes a list of prompts, not a single "
+                f"{type(prompts).__name__}; for one prompt use llm_query(prompt)"
+            )
+        try:
+            batch = list(prompts)
+        except TypeError:
+            raise TypeError(
+                f"llm_query_batched takes a list of prompts, not {type(prompts).__name__}"
+            ) from None
+        for i, p in enumerate(batch):
+            if not isinstance(p, str):
+                raise TypeError(
+                    f"llm_query_batched: prompt #{i} is a {type(p).__name__}, not a str"
+                )
+        _check_model(model, "llm_query_batched")
+        if not batch:
+            return []
+        results = host.subcall("llm", batch, model, "llm_query_batched")
+        answers: list[str | None] = []
+        errors: dict[int, str] = {}
+        budget = False
+        for i, result in enumerate(results):
+            if "ok" in result:
+                answers.append(str(result["ok"]))
+                continue
+            answers.append(None)
+            errors[i] = str(result.get("error") or "the sub-call failed without a message")
+            budget = budget or result.get("type") == "BudgetExceeded"
+        if not errors:
+            return answers  # type: ignore[return-value]
+        first = min(errors)
+        message = f"{len(errors)} of {len(batch)} prompts failed; first (#{first}): {errors[first]}"
+        cls = BudgetExceeded if budget else SubcallError
+        raise cls(message, partial=answers, errors=errors)
+
+    def rlm_query(prompt: str, context: object = None) -> str:
+        """Ask a sub-model a question, optionally about a piece of context.
+
+        In this version recursion is not available: ``rlm_query`` is a plain sub-model call,
+        the same as ``llm_query``, exactly as a recursive call behaves at the maximum depth.
+        If ``context`` is given it is appended to the prompt as text (a list or dict as JSON),
+        so it must fit in the sub-model's window.
+
+        Raises:
+            SubcallError: the sub-call failed after the host's retries.
+            BudgetExceeded: the run's sub-call, cost or time budget is used up.
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"rlm_query takes the prompt as a str, not {type(prompt).__name__}")
+        if context is not None:
+            prompt = f"{prompt}\n\n{_context_as_text(context)}"
+        (result,) = host.subcall("rlm", [prompt], None, "rlm_query")
+        return _one_answer(result)
+
+    def FINAL(x: object) -> None:
+        """Give the final answer and finish the run: ``FINAL(answer)``; ``str(x)`` is sent."""
+        host.final(str(x), "FINAL")
+
+    def FINAL_VAR(name_or_value: object) -> None:
+        """Finish the run with the value of a variable: ``FINAL_VAR("result")``.
+
+        A str that is a variable name sends that variable's value (as str). A str that is not a
+        valid name is taken as the answer itself, and so is any other value (sent as ``str``).
+
+        Raises:
+            NameError: the name is valid but no such variable exists (similar names are listed).
+        """
+        if not isinstance(name_or_value, str):
+            host.final(str(name_or_value), "FINAL_VAR")
+            return
+        name = name_or_value.strip()
+        if not name.isidentifier() or keyword.iskeyword(name):
+            host.final(name_or_value, "FINAL_VAR")
+            return
+        if name not in namespace:
+            similar = difflib.get_close_matches(name, _user_variables(namespace), n=5)
+            hint = (
+                f"; did you mean {', '.join(similar)}?"
+                if similar
+                else "; assign it first, or pass the answer itself: FINAL(answer)"
+            )
+            raise NameError(f"FINAL_VAR: no variable named {name!r}{hint}")
+        host.final(str(namespace[name]), "FINAL_VAR")
+
+    def SHOW_VARS() -> None:
+        """Print the variables you have made: name, type and size (length, or chars for str)."""
+        names = _user_variables(namespace)
+        if not names:
+            print("No variables yet.")
+            return
+        rows = [("name", "type", "size")]
+        rows += [(n, type(namespace[n]).__name__, _size_of(namespace[n])) for n in names]
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        for n, t, s in rows:
+            print(f"{n:<{widths[0]}}  {t:<{widths[1]}}  {s}".rstrip())
+
+    return {
+        "llm_query": llm_query,
+        "llm_query_batched": llm_query_batched,
+        "rlm_query": rlm_query,
+        "FINAL": FINAL,
+        "FINAL_VAR": FINAL_VAR,
+        "SHOW_VARS": SHOW_VARS,
+    }
+
+
+_HIDDEN_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
+
+
+def _user_variables(namespace: dict[str, Any]) -> list[str]:
+    own = namespace.get("_rlm_functions", {})
+    return sorted(
+        name
+        for name, value in namespace.items()
+        if not name.startswith("_")
+        and name not in _HIDDEN_NAMES
+        and not isinstance(value, types.ModuleType)
+        and own.get(name) is not value
+    )
+
+
+def _size_of(value: object) -> str:
+    if isinstance(value, str):
+        return f"{len(value):,} chars"
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value):,} bytes"
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple):
+        return f"shape {shape}"
+    try:
+        return f"{len(value):,} items"  # type: ignore[arg-type]
+    except Exception:
+        return ""
+
+
+class _AnswerWatch:
+    """After each cell, send ``answer["content"]`` once ``answer["ready"]`` is true."""
+
+    def __init__(self, host: _Host, namespace: dict[str, Any]) -> None:
+        self._host = host
+        self._namespace = namespace
+        self._sent: str | None = None
+
+    def __call__(self, *args: object) -> None:
+        answer = self._namespace.get("answer")  # looked up again: the model may rebind it
+        if not isinstance(answer, dict) or not answer.get("ready"):
+            return
+        value = str(answer.get("content"))
+        if value != self._sent:
+            self._sent = value
+            self._host.final(value, "answer")
+
+
+def install(
+    namespace: dict[str, Any],
+    transport: Transport | None,
+    *,
+    context_path: str | None = None,
+    context_kind: str = "text",
+    shell: Any = None,
+) -> None:
+    """Put ``context``, ``llm_query`` & co., ``FINAL*``, ``answer``, ``SHOW_VARS`` in a namespace.
+
+    Args:
+        namespace: where the model's code runs (the IPython user namespace in the kernel).
+        transport: how requests reach the host; ``None`` leaves the functions unconnected
+            (sub-calls raise :class:`BridgeError`, ``FINAL`` only prints).
+        context_path: a file to load as ``context`` through :func:`load_context`.
+        context_kind: ``"text"`` or ``"json"``.
+        shell: the IPython shell; when given, a ``post_run_cell`` hook watches ``answer``.
+    """
+    if context_path is not None:
+        namespace["context"] = load_context(context_path, context_kind)
+    host = _Host(transport)
+    functions = _build_functions(host, namespace)
+    namespace.update(functions)
+    namespace["_rlm_functions"] = functions
+    namespace["answer"] = {"content": None, "ready": False}
+    if shell is not None:
+        previous = namespace.get("_rlm_answer_watch")
+        if previous is not None:
+            # It may belong to another shell or be gone already.
+            with contextlib.suppress(ValueError):
+                shell.events.unregister("post_run_cell", previous)
+        watch = _AnswerWatch(host, namespace)
+        shell.events.register("post_run_cell", watch)
+        namespace["_rlm_answer_watch"] = watch
+
+
+def bootstrap_code(
+    runtime_file: str,
+    *,
+    address: str | None,
+    token: str | None,
+    context_path: str | None,
+    context_kind: str = "text",
+) -> str:
+    """Python source that loads this file into a fresh kernel and installs the functions.
+
+    Execute it with ``silent=True, store_history=False`` so the token stays out of the history.
+    """
+    return (
+        "def _rlm_bootstrap():\n"
+        "    import importlib.util, sys\n"
+        f"    spec = importlib.util.spec_from_file_location({MODULE_NAME!r}, {runtime_file!r})\n"
+        "    module = importlib.util.module_from_spec(spec)\n"
+        "    sys.modules[spec.name] = module\n"
+        "    spec.loader.exec_module(module)\n"
+        f"    address, token = {address!r}, {token!r}\n"
+        "    transport = module.SocketTransport(address, token) if address else None\n"
+        "    module.install(get_ipython().user_ns, transport, shell=get_ipython(),\n"
+        f"                   context_path={context_path!r}, context_kind={context_kind!r})\n"
+        "_rlm_bootstrap()\n"
+        "del _rlm_bootstrap\n"
+    )
