@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["rlm_kernel.testing.pytest_plugin"]
+
 # Variables that could point the SDKs at a real account or change their behaviour.
 _MODEL_ENV_PREFIXES = ("ANTHROPIC_", "OPENAI_", "CLAUDE_")
 

@@ -71,7 +71,10 @@ def test_python_objects_are_written_next_to_the_notebook(tmp_path):
     [
         (lambda p: p / "missing.txt", "does not exist"),
         (lambda p: (p / "bad.json").write_text("{oops") and p / "bad.json", "not valid JSON"),
-        (lambda p: (p / "n.json").write_text("3") and p / "n.json", "must hold a list or an object"),
+        (
+            lambda p: (p / "n.json").write_text("3") and p / "n.json",
+            "must hold a list or an object",
+        ),
         (lambda p: (p / "empty").mkdir() or p / "empty", "holds no files"),
     ],
 )

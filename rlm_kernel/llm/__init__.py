@@ -19,6 +19,14 @@ from ..types import Completion, Message
 DEFAULT_ROOT_MODEL = "anthropic:claude-sonnet-5-5"
 DEFAULT_SUB_MODEL = "anthropic:claude-haiku-5-5"
 ENTRY_POINT_GROUP = "rlm_kernel.providers"
+# With ``stream=None`` providers stream replies allowed more output tokens than this: long root
+# turns never hit HTTP read timeouts, while short sub-calls skip the cost of server-sent events.
+STREAM_ABOVE_TOKENS = 8_192
+
+
+def wants_stream(stream: bool | None, max_tokens: int) -> bool:
+    """Whether a provider built with ``stream`` should stream a reply of ``max_tokens``."""
+    return max_tokens > STREAM_ABOVE_TOKENS if stream is None else stream
 
 
 @runtime_checkable
@@ -123,9 +131,11 @@ __all__ = [
     "DEFAULT_ROOT_MODEL",
     "DEFAULT_SUB_MODEL",
     "LLM",
+    "STREAM_ABOVE_TOKENS",
     "ProviderFactory",
     "providers",
     "register_provider",
     "resolve",
     "unregister_provider",
+    "wants_stream",
 ]

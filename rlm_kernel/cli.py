@@ -1,0 +1,225 @@
+"""The ``rlm-kernel`` command line: parse, call the library, print; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__, demo
+from .errors import UsageError
+from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
+from .run import RLM
+from .types import Limits, RunResult
+
+EXIT_OK, EXIT_NO_ANSWER, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: the message says what to fix.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class Progress:
+    """Hooks that print one line per step and per block on stderr."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+
+    def on_step(self, *, step, max_steps, blocks, usage, subcalls, cost_usd, elapsed_s, **_):
+        tokens = sum(u.total_tokens for u in usage.values())
+        cost = "cost unknown" if cost_usd is None else f"${cost_usd:.4f}"
+        self._print(
+            f"step {step}/{max_steps}: {blocks} code block{'s' * (blocks != 1)} · "
+            f"{tokens:,} tokens · {subcalls} sub-calls · {cost} · {elapsed_s:.1f}s"
+        )
+
+    def on_output(self, *, step, block, status, shown, **_):
+        if status != "ok":
+            self._print(f"  block {step}.{block}: {status}")
+
+    def hooks(self) -> dict[str, Any]:
+        return {"on_step": self.on_step, "on_output": self.on_output}
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    d = Limits()
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="root-model turns")
+    p.add_argument("--max-subcalls", type=int, help="sub-model calls in the whole run")
+    p.add_argument("--max-cost", type=float, dest="max_cost_usd", help="dollars for the run")
+    p.add_argument("--max-depth", type=int, default=d.max_depth, help="rlm_query recursion depth")
+    p.add_argument("--cell-timeout", type=float, default=d.cell_timeout, help="seconds per block")
+    p.add_argument("--timeout", type=float, help="seconds for the whole run")
+    p.add_argument(
+        "--max-output-chars",
+        type=int,
+        default=d.max_output_chars,
+        help="characters of each block's output shown to the model",
+    )
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="the run notebook to write (.ipynb)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rlm-kernel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rlm-kernel {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="answer a question over a context; record a notebook")
+    q = run.add_mutually_exclusive_group(required=True)
+    q.add_argument("--question", help="the question")
+    q.add_argument("--question-file", type=Path, help="a file holding the question")
+    run.add_argument(
+        "--context",
+        type=Path,
+        action="append",
+        required=True,
+        help="a text file, a .json file or a directory; repeat for a list",
+    )
+    run.add_argument("--model", default=DEFAULT_ROOT_MODEL, help="root model, PROVIDER:MODEL")
+    run.add_argument("--sub-model", default=DEFAULT_SUB_MODEL, help="sub-model, PROVIDER:MODEL")
+    _limit_args(run)
+    _output_args(run)
+
+    dm = sub.add_parser(
+        "demo",
+        help="run a real question over a generated file (scripted models without an API key)",
+    )
+    dm.add_argument("--dir", type=Path, default=Path("rlm-demo"), help="where to write the files")
+    _limit_args(dm)
+    _output_args(dm)
+    return parser
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_steps", "max_subcalls", "max_cost_usd", "max_depth", "cell_timeout", "timeout")
+    return {n: getattr(args, n) for n in (*names, "max_output_chars")}
+
+
+def _question(args: argparse.Namespace) -> str:
+    if args.question_file is None:
+        return args.question
+    try:
+        return args.question_file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read question file {args.question_file}: {e.strerror}") from None
+
+
+def _execute(rlm: RLM, question: str, context: Any, out: Path | None) -> RunResult:
+    return asyncio.run(rlm.arun(question, context, notebook=out))
+
+
+def _report(result: RunResult, args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        if result.answer is not None:
+            print(result.answer)
+        if not args.quiet:
+            where = f"notebook: {result.notebook}"
+            extra = f" ({result.stop_reason})" if result.stop_reason else ""
+            print(f"{result.status}{extra} · {where}", file=sys.stderr)
+            if result.error:
+                print(f"error: {result.error}", file=sys.stderr)
+    return EXIT_OK if result.status == "answered" else EXIT_NO_ANSWER
+
+
+def _rlm(args: argparse.Namespace, model: str, sub_model: str) -> RLM:
+    hooks = {} if (args.quiet or args.json) else Progress().hooks()
+    return RLM(model, sub_model, **_limits(args), **hooks)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    contexts = args.context
+    context = contexts[0] if len(contexts) == 1 else contexts
+    rlm = _rlm(args, args.model, args.sub_model)
+    return _report(_execute(rlm, _question(args), context, args.out), args)
+
+
+@contextlib.contextmanager
+def _scripted_models() -> Iterator[None]:
+    """Serve the demo's scripted models over HTTP and point the Anthropic SDK at them."""
+    from .testing import FakeModelServer, ScriptedModel
+
+    server = FakeModelServer(
+        {
+            demo.SCRIPTED_ROOT_MODEL: ScriptedModel(demo.SCRIPTED_ROOT_REPLIES),
+            demo.SCRIPTED_SUB_MODEL: demo.rule_sub_model,
+        }
+    )
+    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
+    with server:
+        os.environ["ANTHROPIC_BASE_URL"] = server.anthropic_base_url
+        os.environ["ANTHROPIC_API_KEY"] = server.api_key
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data = demo.generate_tickets(args.dir / "tickets.txt")
+    out = args.out or args.dir / "demo-run.ipynb"
+    real = demo.uses_real_model()
+    if not args.json:
+        who = (
+            "real models (ANTHROPIC_API_KEY is set)"
+            if real
+            else (
+                "a SCRIPTED root model and a rule-based sub-model served by rlm-kernel's fake "
+                "model API (no API key found; set ANTHROPIC_API_KEY to use real models)"
+            )
+        )
+        print(f"demo: {data} ({data.stat().st_size:,} bytes) answered by {who}", file=sys.stderr)
+    root, sub = demo.models()
+    rlm = _rlm(args, root, sub)
+    with contextlib.nullcontext() if real else _scripted_models():
+        result = _execute(rlm, demo.QUESTION, data, out)
+    status = _report(result, args)
+    if not args.json and not real:
+        print(
+            "(scripted models answered: run with ANTHROPIC_API_KEY set for a real one)",
+            file=sys.stderr,
+        )
+    return status
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rlm-kernel``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    # A polite kill (SIGTERM) ends the run like Ctrl-C: the notebook is saved as interrupted.
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"rlm-kernel: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "rlm-kernel: interrupted; the notebook was saved with status 'interrupted'",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED

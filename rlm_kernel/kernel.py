@@ -1,0 +1,682 @@
+"""A Jupyter kernel session: start, run cells with timeouts, restart, and leave nothing behind.
+
+``KernelSession`` owns one kernel process at a time, started by ``jupyter_client`` over the
+``ipc`` transport inside a private runtime directory, with an environment built from an
+allowlist so that API keys and other secrets never reach code running in the kernel. It knows
+nothing about models or notebooks: it runs code and returns nbformat outputs.
+
+Usage::
+
+    async with KernelSession(setup_code="import math") as ks:
+        result = await ks.execute("print(math.pi)", timeout=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import enum
+import inspect
+import os
+import pathlib
+import queue
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from jupyter_client import AsyncKernelManager
+from jupyter_client.asynchronous import AsyncKernelClient
+
+from .errors import KernelError, KernelStartError
+from .outputs import OutputCollector, strip_ansi
+
+__all__ = ["ENV_ALLOWLIST", "ExecResult", "KernelSession", "kernel_env"]
+
+ENV_ALLOWLIST = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TERM",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TMP",
+        "TEMP",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "CONDA_DEFAULT_ENV",
+        "SYSTEMROOT",
+        "PYTHONHASHSEED",
+        "IPYKERNEL_CELL_NAME",
+    }
+)
+"""Environment variables passed from the host to the kernel (plus every ``LC_*``)."""
+
+_OUTPUT_MSG_TYPES = frozenset(
+    {"stream", "display_data", "execute_result", "error", "clear_output", "update_display_data"}
+)
+# How long to wait for a message before checking that the kernel process still lives.
+_LIVENESS_INTERVAL = 0.25
+# How long a kernel may take to exit after a shutdown request before it is killed. A clean exit
+# takes about 0.1 s, but ipykernel's control thread often deadlocks against the kernel's own
+# teardown (it flushes stdout into the already stopped IOPub thread) and the process then hangs
+# for 10 s or more, so the grace is short.
+_SHUTDOWN_GRACE = 0.5
+_EXIT_POLL = 0.005
+# Unix socket paths are limited to about 107 bytes; ours are "<runtime_dir>/k-<n>".
+_MAX_RUNTIME_DIR_LEN = 90
+
+
+def kernel_env(
+    extra_names: Iterable[str] = (), env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The kernel's environment: allowlisted host variables, then ``env`` on top.
+
+    Only names in ``ENV_ALLOWLIST``, ``LC_*`` and ``extra_names`` are copied from the host,
+    so variables such as ``ANTHROPIC_API_KEY`` never reach the kernel unless named on purpose.
+    """
+    allowed = ENV_ALLOWLIST | set(extra_names)
+    result = {
+        name: value
+        for name, value in os.environ.items()
+        if name in allowed or name.startswith("LC_")
+    }
+    result.setdefault("PATH", os.defpath)
+    result.update(env or {})
+    return result
+
+
+@dataclass
+class ExecResult:
+    """What running one cell produced.
+
+    Attributes:
+        status: ``ok``; ``error`` (the code raised); ``timeout`` (interrupted after the
+            timeout); ``kernel_died`` (the process exited while running the cell).
+        outputs: nbformat outputs, capped at ``max_output_bytes``.
+        execution_count: the kernel's execution counter for this cell, if it got one.
+        duration_s: seconds from sending the code to the end of its output.
+        output_bytes: size of all output seen, including what the cap dropped.
+        error: ``(ename, evalue)`` when the status is not ``ok``.
+        restarted: the kernel was restarted after this cell (it died, or ignored the interrupt),
+            so variables other than those made by ``setup_code`` are gone.
+    """
+
+    status: Literal["ok", "error", "timeout", "kernel_died"]
+    outputs: list[Any] = field(default_factory=list)
+    execution_count: int | None = None
+    duration_s: float = 0.0
+    output_bytes: int = 0
+    error: tuple[str, str] | None = None
+    restarted: bool = False
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class _Leftovers:
+    """What the atexit safety net must remove if a session was never shut down."""
+
+    runtime_dir: pathlib.Path
+    pgid: int | None = None
+
+
+_live_sessions: set[_Leftovers] = set()
+_atexit_registered = False
+
+
+def _kill_group(pgid: int | None) -> None:
+    """SIGKILL a kernel's process group: the kernel and every process its code started."""
+    if not pgid or pgid <= 1 or not hasattr(os, "killpg") or pgid == os.getpgrp():
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _track(leftovers: _Leftovers) -> None:
+    """Remember a session's process group and directory until it is shut down."""
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_cleanup_at_exit)
+        _atexit_registered = True
+    _live_sessions.add(leftovers)
+
+
+def _remove_leftovers(leftovers: _Leftovers) -> None:
+    _kill_group(leftovers.pgid)
+    shutil.rmtree(leftovers.runtime_dir, ignore_errors=True)
+
+
+def _cleanup_at_exit() -> None:
+    for leftovers in list(_live_sessions):
+        _remove_leftovers(leftovers)
+    _live_sessions.clear()
+
+
+def _has_exited(process: Any) -> bool:
+    """Whether a child process has exited, without reaping it.
+
+    While the exited kernel stays unreaped its PID, and so its process-group ID, cannot be
+    reused; that makes it safe to kill the group afterwards.
+    """
+    if process.returncode is not None:
+        return True
+    if not hasattr(os, "waitid"):
+        return process.poll() is not None
+    try:
+        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def _has_children(pid: int) -> bool | None:
+    """Whether a process has child processes (Linux ``/proc``); ``None`` when unknown."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        return any(
+            pathlib.Path(f"/proc/{pid}/task/{tid}/children").read_text().strip() for tid in threads
+        )
+    except OSError:
+        return None
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "the kernel process ended"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the kernel process was killed by {name}"
+    return f"the kernel process exited with code {returncode}"
+
+
+class KernelSession:
+    """One Jupyter kernel, its private runtime directory and everything it started.
+
+    Args:
+        kernel_name: the kernelspec to start.
+        cwd: the kernel's working directory (default: ``work`` inside ``runtime_dir``).
+        env: variables set in the kernel on top of the allowlisted host environment.
+        env_allowlist: more host variable names to pass through.
+        setup_code: code run silently after every start and restart (e.g. loading the context).
+        startup_timeout: seconds the kernel (and ``setup_code``) may take to become ready.
+        interrupt_grace: seconds to wait for a cell to stop after a timeout interrupt before
+            the kernel is restarted.
+
+    Attributes:
+        runtime_dir: private (0700) directory holding the connection file and sockets; callers
+            may put files there too. It is removed on shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_name: str = "python3",
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        env_allowlist: Iterable[str] = (),
+        setup_code: str | None = None,
+        startup_timeout: float = 60.0,
+        interrupt_grace: float = 5.0,
+    ) -> None:
+        self.kernel_name = kernel_name
+        self.setup_code = setup_code
+        self.startup_timeout = startup_timeout
+        self.interrupt_grace = interrupt_grace
+        self._env_names = tuple(env_allowlist)
+        self._extra_env = dict(env or {})
+        self._state = _State.NEW
+        self._km: AsyncKernelManager | None = None
+        self._kc: AsyncKernelClient | None = None
+        self._busy = False
+        self._lock: asyncio.Lock | None = None
+
+        base = tempfile.gettempdir()
+        if len(base) > _MAX_RUNTIME_DIR_LEN - 12 and os.path.isdir("/tmp"):
+            base = "/tmp"  # a long TMPDIR (macOS) would overflow the Unix socket path limit
+        self.runtime_dir = pathlib.Path(tempfile.mkdtemp(prefix="rlm-", dir=base))
+        self._leftovers = _Leftovers(self.runtime_dir)
+        _track(self._leftovers)
+        self.cwd = pathlib.Path(cwd) if cwd is not None else self.runtime_dir / "work"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The kernel's process ID, or ``None`` when no kernel runs."""
+        provisioner = self._km.provisioner if self._km is not None else None
+        return getattr(provisioner, "pid", None) if provisioner is not None else None
+
+    @property
+    def connection_info(self) -> dict[str, Any]:
+        """The running kernel's connection info (transport, socket paths; without the key)."""
+        km = self._require_running()
+        info = dict(km.get_connection_info())
+        info.pop("key", None)
+        return info
+
+    async def start(self) -> None:
+        """Start the kernel and run ``setup_code``.
+
+        Raises:
+            KernelStartError: the kernel did not start or ``setup_code`` failed; nothing is left
+                running and the session is closed.
+            KernelError: the session was already started or is closed.
+        """
+        if self._state is _State.CLOSED:
+            raise KernelError("this kernel session is closed")
+        if self._state is _State.RUNNING:
+            raise KernelError("this kernel session is already started")
+        self._state = _State.RUNNING
+        try:
+            await self._launch()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def restart(self) -> None:
+        """Replace the kernel with a fresh process and run ``setup_code`` again."""
+        self._require_running()
+        async with self._get_lock():
+            await self._relaunch(graceful=True)
+
+    async def shutdown(self) -> None:
+        """Stop the kernel and everything it started, and remove ``runtime_dir``; idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        await self._close()
+
+    async def __aenter__(self) -> KernelSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    def _require_running(self) -> AsyncKernelManager:
+        if self._state is _State.CLOSED:
+            raise KernelError("this kernel session is closed")
+        if self._state is _State.NEW or self._km is None:
+            raise KernelError(
+                "this kernel session is not started; use `async with KernelSession() as ks` "
+                "or `await ks.start()` first"
+            )
+        return self._km
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _launch(self) -> None:
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        ipython_dir = self.runtime_dir / "ipython"
+        ipython_dir.mkdir(exist_ok=True)
+        env = {"IPYTHONDIR": str(ipython_dir), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+        env = kernel_env(self._env_names, {**env, **self._extra_env})
+        km = AsyncKernelManager(
+            kernel_name=self.kernel_name,
+            transport="ipc",
+            ip=str(self.runtime_dir / "k"),
+            connection_file=str(self.runtime_dir / "kernel.json"),
+        )
+        self._km = km
+        log_path = self.runtime_dir / "kernel.log"
+        try:
+            with open(log_path, "ab") as log:
+                await km.start_kernel(
+                    env=env,
+                    cwd=str(self.cwd),
+                    stdout=log,
+                    stderr=log,
+                    # No history database: the session's record is the notebook.
+                    extra_arguments=["--HistoryManager.enabled=False"],
+                )
+        except Exception as exc:
+            raise KernelStartError(
+                f"could not start the {self.kernel_name!r} kernel: {exc}"
+            ) from exc
+        self._leftovers.pgid = getattr(km.provisioner, "pgid", None)
+
+        kc = km.client()
+        kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+        self._kc = kc
+        try:
+            await kc.wait_for_ready(timeout=self.startup_timeout)
+        except RuntimeError as exc:
+            raise KernelStartError(
+                f"the {self.kernel_name!r} kernel did not become ready: {exc}{self._log_tail()}"
+            ) from exc
+
+        if self.setup_code:
+            result = await self._execute(
+                self.setup_code,
+                timeout=self.startup_timeout,
+                max_output_bytes=100_000,
+                silent=True,
+                store_history=False,
+                on_output=None,
+                recover=False,
+            )
+            if result.status != "ok":
+                ename, evalue = result.error or ("Error", "")
+                details = self._error_text(result.outputs)
+                raise KernelStartError(
+                    f"the kernel's setup code failed ({result.status}): {ename}: {evalue}"
+                    + (f"\n{details}" if details else "")
+                    + (self._log_tail() if result.status == "kernel_died" else "")
+                )
+
+    async def _relaunch(self, *, graceful: bool) -> None:
+        try:
+            await self._stop_kernel(graceful=graceful)
+            await self._launch()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _close(self) -> None:
+        self._state = _State.CLOSED
+        try:
+            await self._stop_kernel(graceful=not self._busy)
+        finally:
+            # Whatever happened above (even cancellation), no process or file survives.
+            _remove_leftovers(self._leftovers)
+            _live_sessions.discard(self._leftovers)
+
+    async def _stop_kernel(self, *, graceful: bool) -> None:
+        """Stop the kernel process and its process group, and release sockets and files."""
+        km, kc = self._km, self._kc
+        self._km = self._kc = None
+        self._busy = False
+        if kc is not None:
+            kc.stop_channels()
+        if km is None:
+            return
+        pgid = self._leftovers.pgid
+        stopped = False
+        try:
+            process = getattr(km.provisioner, "process", None)
+            if process is not None:
+                # ipykernel's own shutdown terminates the kernel's children and then waits for
+                # them for many seconds if they are not reaped; killing the group is quicker.
+                if graceful and not _has_exited(process) and not _has_children(process.pid):
+                    await km.request_shutdown()
+                    await self._wait_exit(process, _SHUTDOWN_GRACE)
+                # An exited kernel stays unreaped until provisioner.wait(), so its group ID
+                # cannot have been reused: killing the group is safe and takes the kernel's
+                # children with it.
+                if pgid is not None:
+                    _kill_group(pgid)
+                elif not _has_exited(process):
+                    process.kill()
+                await self._wait_exit(process, _SHUTDOWN_GRACE)
+                if km.has_kernel and _has_exited(process):
+                    await km.provisioner.wait()
+            elif km.has_kernel:
+                await km.shutdown_kernel(now=not graceful)
+            stopped = True
+        finally:
+            if not stopped:  # cancelled or failed half-way: make sure nothing survives
+                _kill_group(pgid)
+            self._leftovers.pgid = None
+            await km.cleanup_resources(restart=False)
+
+    @staticmethod
+    async def _wait_exit(process: Any, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while not _has_exited(process) and time.monotonic() < deadline:
+            await asyncio.sleep(_EXIT_POLL)
+
+    # -- execution -------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        max_output_bytes: int = 1_000_000,
+        silent: bool = False,
+        store_history: bool = True,
+        on_output: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> ExecResult:
+        """Run ``code`` in the kernel and collect its outputs.
+
+        Args:
+            code: the cell's source.
+            timeout: seconds before the kernel is interrupted (``None``: no limit). Variables
+                survive an interrupt; a kernel that ignores it is restarted.
+            max_output_bytes: output kept in ``ExecResult.outputs`` (the rest is counted).
+            silent: run without publishing results or counting the execution.
+            store_history: count the execution in the kernel's history.
+            on_output: called with each output iopub message as it arrives (may be async).
+
+        Returns:
+            The result; a dead kernel gives status ``kernel_died`` and is restarted.
+
+        Raises:
+            KernelError: the session is not running.
+            KernelStartError: the kernel died and could not be started again.
+        """
+        self._require_running()
+        async with self._get_lock():
+            self._require_running()
+            return await self._execute(
+                code,
+                timeout=timeout,
+                max_output_bytes=max_output_bytes,
+                silent=silent,
+                store_history=store_history,
+                on_output=on_output,
+                recover=True,
+            )
+
+    async def _execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None,
+        max_output_bytes: int,
+        silent: bool,
+        store_history: bool,
+        on_output: Callable[[dict[str, Any]], Any] | None,
+        recover: bool,
+    ) -> ExecResult:
+        km, kc = self._km, self._kc
+        assert km is not None and kc is not None
+        collector = OutputCollector(max_output_bytes)
+        started = time.monotonic()
+        msg_id = kc.execute(
+            code, silent=silent, store_history=store_history, allow_stdin=False, stop_on_error=False
+        )
+        self._busy = True
+        try:
+            outcome, execution_count, reply = await self._collect(
+                kc, msg_id, collector, timeout, on_output
+            )
+        except BaseException:
+            # Cancelled or a hook failed: stop the abandoned cell so the kernel is free again.
+            if self._busy and self._km is not None:
+                with contextlib.suppress(Exception):
+                    await km.interrupt_kernel()
+            raise
+        duration = time.monotonic() - started
+        self._busy = outcome in ("hung", "died")
+
+        status: Literal["ok", "error", "timeout", "kernel_died"] = "ok"
+        error: tuple[str, str] | None = None
+        restart = outcome in ("hung", "died") and recover
+        gone = "; it was restarted, so its variables are gone" if restart else ""
+        if outcome == "done":
+            content = reply or {}
+            if content.get("status") == "error":
+                status = "error"
+                error = (content.get("ename", "Error"), content.get("evalue", ""))
+            elif content.get("status") == "aborted":
+                status = "error"
+                error = ("Aborted", "the kernel aborted this execution")
+        elif outcome == "died":
+            status = "kernel_died"
+            returncode = await self._reap_dead_kernel()
+            error = (
+                "DeadKernelError",
+                f"{_describe_exit(returncode)} while running the cell{gone}",
+            )
+        else:
+            status = "timeout"
+            message = f"the cell did not finish within {timeout:g} s and was interrupted"
+            if outcome == "hung":
+                message += "; the kernel did not respond to the interrupt" + gone.replace(
+                    "; it was", " and was"
+                )
+            error = ("TimeoutError", message)
+        if restart:
+            await self._relaunch(graceful=False)
+        return ExecResult(
+            status=status,
+            outputs=collector.outputs,
+            execution_count=execution_count,
+            duration_s=duration,
+            output_bytes=collector.total_bytes,
+            error=error,
+            restarted=restart,
+        )
+
+    async def _collect(
+        self,
+        kc: AsyncKernelClient,
+        msg_id: str,
+        collector: OutputCollector,
+        timeout: float | None,
+        on_output: Callable[[dict[str, Any]], Any] | None,
+    ) -> tuple[str, int | None, dict[str, Any] | None]:
+        """Read this request's iopub messages until idle, then its shell reply.
+
+        Returns ``(outcome, execution_count, reply content)`` where outcome is ``done``,
+        ``timeout`` (interrupted in time), ``hung`` (the interrupt did not take) or ``died``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interrupted = False
+        execution_count: int | None = None
+        while True:
+            wait = _LIVENESS_INTERVAL
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            try:
+                msg = await kc.get_iopub_msg(timeout=wait)
+            except queue.Empty:
+                msg = None
+            if msg is not None and msg["parent_header"].get("msg_id") == msg_id:
+                msg_type = msg["header"]["msg_type"]
+                if msg_type == "status":
+                    if msg["content"]["execution_state"] == "idle":
+                        break
+                elif msg_type in _OUTPUT_MSG_TYPES:
+                    collector.add(msg)
+                    if on_output is not None:
+                        result = on_output(msg)
+                        if inspect.isawaitable(result):
+                            await result
+                elif msg_type == "execute_input":
+                    execution_count = msg["content"].get("execution_count")
+            if deadline is not None and time.monotonic() >= deadline:
+                if interrupted:
+                    return "hung", execution_count, None
+                await self._interrupt()
+                interrupted = True
+                deadline = time.monotonic() + self.interrupt_grace
+            elif msg is None and await self._kernel_exited():
+                await self._drain(kc, msg_id, collector, on_output)
+                return "died", execution_count, None
+
+        while True:
+            try:
+                reply = await kc.get_shell_msg(timeout=_LIVENESS_INTERVAL)
+            except queue.Empty:
+                if await self._kernel_exited():
+                    return "died", execution_count, None
+                continue
+            if reply["parent_header"].get("msg_id") == msg_id:
+                content = reply["content"]
+                count = content.get("execution_count", execution_count)
+                return ("timeout" if interrupted else "done"), count, content
+
+    async def _drain(
+        self,
+        kc: AsyncKernelClient,
+        msg_id: str,
+        collector: OutputCollector,
+        on_output: Callable[[dict[str, Any]], Any] | None,
+    ) -> None:
+        """Collect the output a dead kernel sent before it died."""
+        while True:
+            try:
+                msg = await kc.get_iopub_msg(timeout=0)
+            except queue.Empty:
+                return
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["header"]["msg_type"] in _OUTPUT_MSG_TYPES
+            ):
+                collector.add(msg)
+                if on_output is not None:
+                    result = on_output(msg)
+                    if inspect.isawaitable(result):
+                        await result
+
+    async def _interrupt(self) -> None:
+        assert self._km is not None
+        with contextlib.suppress(RuntimeError, OSError):
+            await self._km.interrupt_kernel()
+
+    async def _kernel_exited(self) -> bool:
+        km = self._km
+        if km is None:
+            return True
+        process = getattr(km.provisioner, "process", None)
+        if process is None:
+            return not await km.is_alive()
+        return _has_exited(process)
+
+    async def _reap_dead_kernel(self) -> int | None:
+        """Kill what the dead kernel left in its group and return its exit status."""
+        km = self._km
+        process = getattr(km.provisioner, "process", None) if km is not None else None
+        _kill_group(self._leftovers.pgid)
+        if process is None:
+            return None
+        self._leftovers.pgid = None
+        return process.wait()
+
+    def _log_tail(self, limit: int = 2000) -> str:
+        """The end of what the kernel process wrote to its own stdout/stderr, if anything."""
+        try:
+            data = (self.runtime_dir / "kernel.log").read_bytes()
+        except OSError:
+            return ""
+        text = data[-limit:].decode("utf-8", "replace").strip()
+        return f"\nkernel log:\n{text}" if text else ""
+
+    @staticmethod
+    def _error_text(outputs: list[Any]) -> str:
+        for output in outputs:
+            if output["output_type"] == "error":
+                return strip_ansi("\n".join(output["traceback"]))
+        return ""

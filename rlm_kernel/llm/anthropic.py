@@ -1,0 +1,209 @@
+"""Claude models through the official ``anthropic`` SDK (``anthropic:<model id>``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anthropic
+
+from ..errors import MissingAPIKeyError, ModelError, UsageError
+from ..types import Completion, Message, Usage
+from . import pricing, wants_stream
+
+# The SDK refuses a non-streaming request whose max_tokens could take longer than ten minutes
+# (it budgets an hour per 128k output tokens); above this many tokens we stream instead.
+_NONSTREAMING_MAX_TOKENS = 128_000 * 10 // 60
+_CACHE_CONTROL = {"type": "ephemeral"}
+_CONNECT_TIMEOUT = 10.0  # a host that does not answer fails fast; replies may take minutes
+
+
+class AnthropicLLM:
+    """A Claude model behind the :class:`~rlm_kernel.llm.LLM` protocol.
+
+    Credentials and endpoint come from the SDK's own sources (``ANTHROPIC_API_KEY``,
+    ``ANTHROPIC_AUTH_TOKEN``, ``ANTHROPIC_BASE_URL``, its profiles) and are checked here, before
+    any run starts. The SDK retries 408, 409, 429 and 5xx responses with backoff.
+
+    Args:
+        model: the model id, e.g. ``"claude-sonnet-5-5"``.
+        stream: stream replies; ``None`` (the default) streams replies that may be longer than
+            ``STREAM_ABOVE_TOKENS``, so long root turns never hit HTTP timeouts and short
+            sub-calls skip the cost of server-sent events.
+        max_retries: retries the SDK makes after a failed attempt.
+        timeout: seconds for one HTTP attempt.
+        cache: mark the system prompt and the conversation so far for prompt caching, so each
+            turn reads the previous turns from the cache.
+        client: an ``anthropic.AsyncAnthropic`` to use instead of building one (its own retry
+            and timeout settings then apply).
+
+    Raises:
+        MissingAPIKeyError: no credential was found.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        stream: bool | None = None,
+        max_retries: int = 2,
+        timeout: float = 600.0,
+        cache: bool = True,
+        client: anthropic.AsyncAnthropic | None = None,
+    ) -> None:
+        self.model = model
+        self.name = f"anthropic:{model}"
+        self.stream = stream
+        self.cache = cache
+        if client is None:
+            client = _make_client(max_retries=max_retries, timeout=timeout)
+        self._client = client
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
+        """Send the conversation and return the reply with its usage, cost and retry count.
+
+        Raises:
+            ModelError: the API call failed after the SDK's retries.
+        """
+        params = self._params(messages, max_tokens)
+        start = time.perf_counter()
+        try:
+            if wants_stream(self.stream, max_tokens) or max_tokens > _NONSTREAMING_MAX_TOKENS:
+                async with self._client.messages.stream(**params) as stream:
+                    message = await stream.get_final_message()
+                    request = stream.response.request
+            else:
+                raw = await self._client.messages.with_raw_response.create(**params)
+                message = await raw.parse()
+                request = raw.http_request
+        except anthropic.APIStatusError as exc:
+            raise self._error(exc, _retries(exc.response.request)) from exc
+        except anthropic.APIConnectionError as exc:
+            raise self._error(exc, _retries(exc.request)) from exc
+        except anthropic.AnthropicError as exc:
+            raise ModelError(self.name, f"the Anthropic SDK failed: {exc}") from exc
+        latency = time.perf_counter() - start
+
+        u = message.usage
+        usage = Usage(
+            calls=1,
+            input_tokens=u.input_tokens or 0,
+            output_tokens=u.output_tokens or 0,
+            cache_read_input_tokens=u.cache_read_input_tokens or 0,
+            cache_creation_input_tokens=u.cache_creation_input_tokens or 0,
+        )
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return Completion(
+            text=text,
+            model=self.name,
+            usage=usage,
+            latency_s=latency,
+            cost_usd=pricing.cost("anthropic", self.model, usage),
+            retries=_retries(request),
+            stop_reason=message.stop_reason,
+        )
+
+    def _error(self, exc: Any, retries: int) -> ModelError:
+        return _model_error(
+            self.name, exc, retries, secrets=(self._client.api_key, self._client.auth_token)
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of the client."""
+        await self._client.close()
+
+    def _params(self, messages: Sequence[Message], max_tokens: int) -> dict[str, Any]:
+        """The request parameters: system prompt apart, cache breakpoints where they pay off."""
+        system, turns = _split_system(messages, self.name)
+        params: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
+        if system:
+            if self.cache:
+                params["system"] = [
+                    {"type": "text", "text": system, "cache_control": _CACHE_CONTROL}
+                ]
+            else:
+                params["system"] = system
+        converted: list[dict[str, Any]] = [
+            {"role": m["role"], "content": m["content"]} for m in turns
+        ]
+        if self.cache and converted:
+            # A breakpoint on the newest message caches the whole conversation so far; the next
+            # turn repeats that prefix and reads it from the cache.
+            last = converted[-1]
+            last["content"] = _with_cache_control(last["content"])
+        params["messages"] = converted
+        return params
+
+    def __repr__(self) -> str:
+        return f"AnthropicLLM({self.model!r}, stream={self.stream}, cache={self.cache})"
+
+
+def _make_client(*, max_retries: int, timeout: float) -> anthropic.AsyncAnthropic:
+    try:
+        client = anthropic.AsyncAnthropic(
+            max_retries=max_retries,
+            timeout=anthropic.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT)),
+        )
+    except anthropic.CredentialsError as exc:
+        # A config directory without a usable profile: no credential at all, as far as the
+        # user is concerned, but the SDK's reason helps when a profile was meant to work.
+        raise MissingAPIKeyError(
+            "Anthropic", "ANTHROPIC_API_KEY", hint=f"no usable SDK profile either: {exc}"
+        ) from None
+    if client.api_key is None and client.auth_token is None and client.credentials is None:
+        raise MissingAPIKeyError("Anthropic", "ANTHROPIC_API_KEY")
+    return client
+
+
+def _split_system(messages: Sequence[Message], name: str) -> tuple[str, list[Message]]:
+    turns = list(messages)
+    system = ""
+    if turns and turns[0].get("role") == "system":
+        system = turns.pop(0)["content"]
+    for m in turns:
+        if m.get("role") not in ("user", "assistant"):
+            raise UsageError(
+                f"{name}: only the first message may be a system message; got role "
+                f"{m.get('role')!r} later in the conversation"
+            )
+    return system, turns
+
+
+def _with_cache_control(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content, "cache_control": _CACHE_CONTROL}]
+    blocks = [dict(block) for block in content]
+    if blocks:
+        blocks[-1]["cache_control"] = _CACHE_CONTROL
+    return blocks
+
+
+def _retries(request: Any) -> int:
+    """Retries behind an HTTP attempt: the SDK numbers each attempt in a request header."""
+    try:
+        return int(request.headers.get("x-stainless-retry-count", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _model_error(
+    name: str, exc: anthropic.APIError, retries: int, *, secrets: tuple[str | None, ...]
+) -> ModelError:
+    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+    if isinstance(exc, anthropic.APIStatusError):
+        error = exc.body.get("error") if isinstance(exc.body, dict) else None
+        kind = error.get("type") if isinstance(error, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else None
+        label = f"HTTP {exc.status_code}" + (f" {kind}" if kind else "")
+        message = f"{label}: {detail or exc.response.reason_phrase}{after}"
+    elif isinstance(exc, anthropic.APITimeoutError):
+        message = f"the request timed out{after}"
+    else:
+        url = exc.request.url
+        message = f"could not connect to {url.scheme}://{url.netloc.decode()}{after}"
+    # A server may quote the key it rejected; it must never reach logs or notebooks.
+    for key in secrets:
+        if key:
+            message = message.replace(key, "<api key>")
+    return ModelError(name, message, retries=retries)

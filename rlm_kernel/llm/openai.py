@@ -1,0 +1,204 @@
+"""OpenAI and OpenAI-compatible chat models through the official ``openai`` SDK.
+
+``openai:<model id>`` talks to ``OPENAI_BASE_URL`` (the OpenAI API by default), so any server
+that speaks the Chat Completions API works: vLLM, llama.cpp, Ollama and others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MissingAPIKeyError, ModelError, UsageError
+from ..types import Completion, Message, Usage
+from . import pricing, wants_stream
+
+try:
+    import openai
+except ImportError:  # the SDK is an optional extra
+    openai = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    import openai as openai_types
+
+_OFFICIAL_HOST = "api.openai.com"
+_CONNECT_TIMEOUT = 10.0  # a host that does not answer fails fast; replies may take minutes
+_KEY_HINT = "any non-empty value works for local servers such as vLLM, llama.cpp or Ollama"
+
+
+class OpenAILLM:
+    """A chat model behind the :class:`~rlm_kernel.llm.LLM` protocol, via the ``openai`` SDK.
+
+    The endpoint and key come from the SDK's own sources (``OPENAI_BASE_URL``,
+    ``OPENAI_API_KEY``) and are checked here, before any run starts. The SDK retries 408, 409,
+    429 and 5xx responses with backoff. Cached prompt tokens reported by the server count as
+    cache reads.
+
+    Args:
+        model: the model id, e.g. ``"gpt-5-mini"`` or whatever a local server serves.
+        stream: stream replies; ``None`` (the default) streams replies that may be longer than
+            ``STREAM_ABOVE_TOKENS``.
+        max_retries: retries the SDK makes after a failed attempt.
+        timeout: seconds for one HTTP attempt.
+        cache: accepted for symmetry with :class:`~rlm_kernel.llm.anthropic.AnthropicLLM`;
+            OpenAI-style servers cache prompt prefixes on their own.
+        client: an ``openai.AsyncOpenAI`` to use instead of building one.
+
+    Raises:
+        UsageError: the ``openai`` package is not installed.
+        MissingAPIKeyError: no key was found.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        stream: bool | None = None,
+        max_retries: int = 2,
+        timeout: float = 600.0,
+        cache: bool = True,
+        client: openai_types.AsyncOpenAI | None = None,
+    ) -> None:
+        if openai is None:
+            raise UsageError(
+                "the openai provider needs the openai package: pip install 'rlm-kernel[openai]'"
+            )
+        self.model = model
+        self.name = f"openai:{model}"
+        self.stream = stream
+        self.cache = cache
+        if client is None:
+            client = _make_client(max_retries=max_retries, timeout=timeout)
+        self._client = client
+        # The OpenAI API wants max_completion_tokens (reasoning models reject max_tokens), while
+        # many compatible servers only know the older max_tokens.
+        official = client.base_url.host == _OFFICIAL_HOST
+        self._max_tokens_param = "max_completion_tokens" if official else "max_tokens"
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
+        """Send the conversation and return the reply with its usage, cost and retry count.
+
+        Raises:
+            ModelError: the API call failed after the SDK's retries.
+        """
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in messages],
+            self._max_tokens_param: max_tokens,
+        }
+        start = time.perf_counter()
+        try:
+            if wants_stream(self.stream, max_tokens):
+                text, finish, raw_usage, request = await self._streamed(params)
+            else:
+                raw = await self._client.chat.completions.with_raw_response.create(**params)
+                completion = raw.parse()
+                request = raw.http_request
+                choice = completion.choices[0] if completion.choices else None
+                text = (choice.message.content or "") if choice else ""
+                finish = choice.finish_reason if choice else None
+                raw_usage = completion.usage
+        except openai.APIStatusError as exc:
+            raise self._error(exc, _retries(exc.response.request)) from exc
+        except openai.APIConnectionError as exc:
+            raise self._error(exc, _retries(exc.request)) from exc
+        except openai.OpenAIError as exc:
+            raise ModelError(self.name, f"the OpenAI SDK failed: {exc}") from exc
+        latency = time.perf_counter() - start
+
+        usage = _usage(raw_usage)
+        return Completion(
+            text=text,
+            model=self.name,
+            usage=usage,
+            latency_s=latency,
+            cost_usd=pricing.cost("openai", self.model, usage),
+            retries=_retries(request),
+            stop_reason=finish,
+        )
+
+    async def _streamed(self, params: dict[str, Any]) -> tuple[str, str | None, Any, Any]:
+        stream = await self._client.chat.completions.create(
+            **params, stream=True, stream_options={"include_usage": True}
+        )
+        parts: list[str] = []
+        finish: str | None = None
+        raw_usage = None
+        async with stream:
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.index == 0:
+                        parts.append(choice.delta.content or "")
+                        finish = choice.finish_reason or finish
+                if chunk.usage is not None:
+                    raw_usage = chunk.usage
+        return "".join(parts), finish, raw_usage, stream.response.request
+
+    def _error(self, exc: Any, retries: int) -> ModelError:
+        return _model_error(self.name, exc, retries, secrets=(self._client.api_key,))
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of the client."""
+        await self._client.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAILLM({self.model!r}, stream={self.stream})"
+
+
+def _make_client(*, max_retries: int, timeout: float) -> openai_types.AsyncOpenAI:
+    try:
+        return openai.AsyncOpenAI(
+            max_retries=max_retries,
+            timeout=openai.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT)),
+        )
+    except openai.OpenAIError as exc:
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise MissingAPIKeyError("OpenAI", "OPENAI_API_KEY", hint=_KEY_HINT) from None
+        raise UsageError(f"the OpenAI client could not be set up: {exc}") from None
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage(calls=1)
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
+    prompt = raw.prompt_tokens or 0
+    return Usage(
+        calls=1,
+        input_tokens=max(0, prompt - cached),
+        output_tokens=raw.completion_tokens or 0,
+        cache_read_input_tokens=cached,
+    )
+
+
+def _retries(request: Any) -> int:
+    """Retries behind an HTTP attempt: the SDK numbers each attempt in a request header."""
+    try:
+        return int(request.headers.get("x-stainless-retry-count", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _model_error(
+    name: str, exc: openai_types.APIError, retries: int, *, secrets: tuple[str | None, ...]
+) -> ModelError:
+    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        error = body.get("error", body) if isinstance(body, dict) else None
+        kind = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else None
+        label = f"HTTP {exc.status_code}" + (f" {kind}" if kind else "")
+        message = f"{label}: {detail or exc.response.reason_phrase}{after}"
+    elif isinstance(exc, openai.APITimeoutError):
+        message = f"the request timed out{after}"
+    else:
+        url = exc.request.url
+        message = f"could not connect to {url.scheme}://{url.netloc.decode()}{after}"
+    # A server may quote the key it rejected; it must never reach logs or notebooks.
+    for key in secrets:
+        if key:
+            message = message.replace(key, "<api key>")
+    return ModelError(name, message, retries=retries)

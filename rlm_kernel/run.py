@@ -1,0 +1,481 @@
+"""The RLM loop: the only module that composes kernel, bridge, models, budget and notebook.
+
+``RLM.arun`` is the code; ``RLM.run`` is its one-line sync twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import inspect
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import parse, prompts, runtime
+from .bridge import BridgeServer
+from .budget import Budget
+from .context import ContextInfo, ContextInput, prepare
+from .errors import BudgetExceeded, ModelError, OutputPathError, RLMKernelError, UsageError
+from .kernel import ExecResult, KernelSession
+from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
+from .notebook import Recorder
+from .outputs import render_text, truncate
+from .types import Completion, Limits, Message, RunResult, Status, SubcallRecord
+
+T = TypeVar("T")
+Hook = Callable[..., object]
+PROMPT_PREVIEW_CHARS = 200
+RUNS_DIR = "rlm-runs"
+
+
+def run_sync(coro_fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """The sync twin of a coroutine function.
+
+    Outside an event loop it uses ``asyncio.run`` (so Ctrl-C cancels the run and its clean-up
+    runs); inside one (Jupyter) it hands the coroutine to jupyter_core's background runner.
+    """
+
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro_fn(*args, **kwargs))  # type: ignore[arg-type]
+        from jupyter_core.utils import run_sync as jupyter_run_sync
+
+        return jupyter_run_sync(coro_fn)(*args, **kwargs)  # type: ignore[arg-type]
+
+    return wrapper
+
+
+async def run_hook(hook: Hook | None, **kwargs: Any) -> None:
+    """Call an optional hook with keyword arguments, awaiting it if it returns an awaitable."""
+    if hook is None:
+        return
+    result = hook(**kwargs)
+    if inspect.isawaitable(result):
+        await result
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("rlm-kernel", "ipykernel", "jupyter_client", "nbformat", "anthropic", "openai"):
+        try:
+            out[dist.replace("-", "_")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def default_notebook_path(run_id: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(RUNS_DIR) / f"run-{stamp}-{run_id[:6]}.ipynb"
+
+
+def check_notebook_path(path: Path) -> Path:
+    """Make sure a notebook can be written at ``path``; raise :class:`OutputPathError` if not."""
+    if path.suffix != ".ipynb":
+        raise OutputPathError(f"the run notebook must end in .ipynb: {path}")
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a directory; give a notebook file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".rlm-probe-"):
+            pass
+    except OSError as e:
+        raise OutputPathError(f"cannot write the notebook {path}: {e.strerror or e}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"cannot write the notebook {path}: permission denied")
+    return path.resolve()
+
+
+class RLM:
+    """A Recursive Language Model whose REPL is a Jupyter kernel.
+
+    Args:
+        model: the root model: ``"provider:model"``, an :class:`~rlm_kernel.llm.LLM`, or a
+            callable ``(messages) -> str``.
+        sub_model: the model answering ``llm_query`` and friends, given the same ways.
+        limits: a :class:`~rlm_kernel.types.Limits`; keyword arguments named like its fields
+            (``max_steps=10``) override single fields.
+        on_step: hook called after each model reply as ``on_step(step=, max_steps=, text=,
+            blocks=, usage=, subcalls=, cost_usd=, elapsed_s=)``.
+        on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
+        on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
+        kernel_name: the Jupyter kernelspec to run the code in.
+    """
+
+    def __init__(
+        self,
+        model: str | LLM | Callable[..., object] = DEFAULT_ROOT_MODEL,
+        sub_model: str | LLM | Callable[..., object] = DEFAULT_SUB_MODEL,
+        *,
+        limits: Limits | None = None,
+        on_step: Hook | None = None,
+        on_output: Hook | None = None,
+        on_subcall: Hook | None = None,
+        kernel_name: str = "python3",
+        **limit_overrides: Any,
+    ) -> None:
+        try:
+            self.limits = dataclasses.replace(limits or Limits(), **limit_overrides)
+        except TypeError:
+            known = ", ".join(f.name for f in dataclasses.fields(Limits))
+            unknown = ", ".join(sorted(set(limit_overrides) - set(known.split(", "))))
+            raise UsageError(f"unknown RLM option(s): {unknown}; limits are: {known}") from None
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        self.model = model
+        self.sub_model = sub_model
+        self.hooks = {"on_step": on_step, "on_output": on_output, "on_subcall": on_subcall}
+        self.kernel_name = kernel_name
+
+    async def arun(
+        self,
+        question: str,
+        context: ContextInput,
+        notebook: str | os.PathLike | None = None,
+    ) -> RunResult:
+        """Answer ``question`` over ``context``, recording the run as a notebook.
+
+        Raises:
+            UsageError: bad input (empty question, unreadable context, unknown provider, missing
+                API key, unwritable notebook path); nothing has run yet.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("the question is empty; ask something about the context")
+        run_id = uuid.uuid4().hex[:12]
+        root, sub = resolve(self.model), resolve(self.sub_model)
+        nb_path = check_notebook_path(Path(notebook) if notebook else default_notebook_path(run_id))
+        info = prepare(context, nb_path.with_suffix(""))
+        run = _Run(self, question.strip(), info, nb_path, run_id, root, sub)
+        return await run.execute()
+
+    run = run_sync(arun)
+
+
+class _Run:
+    """The state of one run: conversation, accounts, the kernel and the notebook being written."""
+
+    def __init__(
+        self,
+        rlm: RLM,
+        question: str,
+        info: ContextInfo,
+        nb_path: Path,
+        run_id: str,
+        root: LLM,
+        sub: LLM,
+    ) -> None:
+        self.rlm = rlm
+        self.limits = rlm.limits
+        self.question = question
+        self.info = info
+        self.run_id = run_id
+        self.root = root
+        self.sub = sub
+        self.models: dict[str, LLM] = {root.name: root, sub.name: sub}
+        self.budget = Budget(self.limits)
+        self.system = prompts.system_prompt(
+            info, max_steps=self.limits.max_steps, max_output_chars=self.limits.max_output_chars
+        )
+        self.messages: list[Message] = [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": prompts.first_message(question)},
+        ]
+        self.cell_subcalls: list[SubcallRecord] = []
+        self.subcall_ids = 0
+        self.final_value: str | None = None
+        self.steps = 0
+        self.recorder = Recorder(
+            nb_path,
+            {
+                "run_id": run_id,
+                "status": "running",
+                "question": question,
+                "models": {"root": root.name, "sub": sub.name},
+                "limits": self.limits.to_dict(),
+                "system_prompt": self.system,
+                "context": info.to_metadata(nb_path.parent),
+                "started": _now(),
+                "versions": _versions(),
+                "parent": None,
+            },
+        )
+
+    # -- the bridge calls these (bridge.SubcallHandler) -------------------------------------
+
+    async def subcall(self, prompt: str, *, model: str | None, kind: str) -> str:
+        self.budget.reserve_subcall()
+        llm = self._model(model)
+        self.subcall_ids += 1
+        record = SubcallRecord(
+            id=self.subcall_ids,
+            kind="rlm" if kind == "rlm" else "llm",
+            model=llm.name,
+            prompt_sha256=hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
+            prompt_chars=len(prompt),
+            prompt_preview=prompt[:PROMPT_PREVIEW_CHARS],
+        )
+        # Appended before the call so records keep the order the calls were made in.
+        self.cell_subcalls.append(record)
+        try:
+            completion = await llm.complete(
+                [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
+            )
+        except ModelError as e:
+            record.error, record.retries = str(e), e.retries
+            raise
+        except Exception as e:
+            record.error = f"{type(e).__name__}: {e}"
+            raise
+        else:
+            self.budget.charge("sub", completion)
+            record.response = completion.text
+            record.latency_s = round(completion.latency_s, 4)
+            record.usage = completion.usage
+            record.cost_usd = completion.cost_usd
+            record.retries = completion.retries
+        finally:
+            await run_hook(self.rlm.hooks["on_subcall"], record=record)
+        return completion.text
+
+    async def final(self, value: str, *, via: str) -> None:
+        self.final_value = value
+
+    def _model(self, name: str | None) -> LLM:
+        if name is None:
+            return self.sub
+        if name not in self.models:
+            self.models[name] = resolve(name)
+        return self.models[name]
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def execute(self) -> RunResult:
+        status: Status = "error"
+        stop_reason: str | None = None
+        error: str | None = None
+        answer: str | None = None
+        self.recorder.save()
+        work = Path(tempfile.mkdtemp(prefix="rlm-b-"))
+        try:
+            async with BridgeServer(
+                self, unix_path=work / "bridge.sock", max_concurrency=self.limits.max_concurrency
+            ) as bridge:
+                setup = runtime.bootstrap_code(
+                    runtime.__file__,
+                    address=bridge.address,
+                    token=bridge.token,
+                    context_path=str(self.info.path),
+                    context_kind=self.info.kind,
+                )
+                async with KernelSession(kernel_name=self.rlm.kernel_name, setup_code=setup) as ks:
+                    answer, stop_reason = await self._loop(ks)
+            status = "answered" if answer is not None else "no_answer"
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            status, stop_reason, error = "interrupted", "interrupted", "the run was interrupted"
+            raise
+        except RLMKernelError as e:
+            error = str(e)
+        except Exception as e:  # the notebook records any failure before it propagates
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            self._update_meta()
+            self.recorder.finish(status=status, stop_reason=stop_reason, answer=answer, error=error)
+            await self._close_models()
+        return RunResult(
+            answer=answer,
+            status=status,
+            notebook=str(self.recorder.path),
+            run_id=self.run_id,
+            stop_reason=stop_reason,
+            steps=self.steps,
+            subcalls=self.budget.subcalls,
+            usage=dict(self.budget.usage),
+            cost_usd=self.budget.cost_usd,
+            duration_s=self.budget.elapsed(),
+            error=error,
+        )
+
+    async def _loop(self, ks: KernelSession) -> tuple[str | None, str]:
+        for step in range(1, self.limits.max_steps + 1):
+            if stop := self.budget.exhausted():
+                return None, stop
+            try:
+                completion = await self._ask_root()
+            except BudgetExceeded:
+                return None, "timeout"
+            self.steps = step
+            text = completion.text
+            self.messages.append({"role": "assistant", "content": text})
+            blocks = parse.code_blocks(text)
+            self.recorder.add_step(
+                step=step,
+                markdown=parse.prose(text, functools.partial(_code_marker, step)),
+                raw=text,
+                usage=completion.usage.to_dict(),
+                latency_s=round(completion.latency_s, 4),
+            )
+            await run_hook(
+                self.rlm.hooks["on_step"],
+                step=step,
+                max_steps=self.limits.max_steps,
+                text=text,
+                blocks=len(blocks),
+                usage=self.budget.usage,
+                subcalls=self.budget.subcalls,
+                cost_usd=self.budget.cost_usd,
+                elapsed_s=self.budget.elapsed(),
+            )
+            reports = []
+            for n, block in enumerate(blocks, start=1):
+                reports.append(await self._run_block(ks, step, n, block.code))
+                if self.final_value is not None:
+                    break
+            if self.final_value is None and (found := parse.final_answer(text)):
+                await self._take_final(ks, step, len(reports) + 1, found, reports)
+            self._update_meta()
+            self.recorder.save()
+            if self.final_value is not None:
+                return self.final_value, "final"
+            if stop := self.budget.exhausted():
+                return None, stop
+            self.messages.append(
+                {
+                    "role": "user",
+                    "content": prompts.feedback(
+                        reports, step=step, max_steps=self.limits.max_steps
+                    ),
+                }
+            )
+        return await self._last_call(ks), "max_steps"
+
+    async def _ask_root(self, messages: list[Message] | None = None) -> Completion:
+        self.budget.check_time()
+        remaining = self.budget.remaining_time()
+        coro = self.root.complete(messages or self.messages, max_tokens=self.limits.max_tokens)
+        try:
+            completion = await asyncio.wait_for(coro, remaining)
+        except asyncio.TimeoutError:
+            limit = self.limits.timeout or 0
+            raise BudgetExceeded("time (s)", self.budget.elapsed(), limit) from None
+        self.budget.charge("root", completion)
+        return completion
+
+    async def _run_block(
+        self, ks: KernelSession, step: int, block: int, code: str, tags: tuple[str, ...] = ()
+    ) -> prompts.BlockReport:
+        self.cell_subcalls = []
+        result = await ks.execute(
+            code,
+            timeout=self.budget.cell_timeout(),
+            max_output_bytes=self.limits.max_cell_output_bytes,
+        )
+        full = render_text(result.outputs)
+        shown = truncate(full, self.limits.max_output_chars) + _status_note(result)
+        # Past the notebook's cap only the size is known: report what the code produced.
+        produced = max(len(full), result.output_bytes)
+        self.recorder.add_code(
+            step=step,
+            block=block,
+            source=code,
+            outputs=result.outputs,
+            execution_count=result.execution_count,
+            exec={
+                "status": result.status,
+                "duration_s": round(result.duration_s, 4),
+                "output_chars": produced,
+                "shown": shown,
+            },
+            subcalls=[r.to_dict() for r in self.cell_subcalls],
+            tags=("rlm-code", *tags),
+        )
+        await run_hook(
+            self.rlm.hooks["on_output"], step=step, block=block, status=result.status, shown=shown
+        )
+        return prompts.BlockReport(status=result.status, shown=shown, output_chars=produced)
+
+    async def _take_final(
+        self,
+        ks: KernelSession,
+        step: int,
+        block: int,
+        found: parse.FinalAnswer,
+        reports: list[prompts.BlockReport],
+    ) -> None:
+        if found.kind == "FINAL":
+            self.final_value = found.value
+            return
+        # FINAL_VAR names a kernel variable: evaluate it as a recorded cell so replay reproduces it.
+        code = f"FINAL_VAR({found.value!r})"
+        reports.append(await self._run_block(ks, step, block, code, tags=("rlm-final",)))
+
+    async def _last_call(self, ks: KernelSession) -> str | None:
+        messages = [*self.messages, {"role": "user", "content": prompts.last_call(self.question)}]
+        try:
+            completion = await self._ask_root(messages)
+        except BudgetExceeded:
+            return None
+        step = self.steps + 1
+        self.recorder.add_step(
+            step=step,
+            markdown=parse.prose(completion.text, lambda n: "*[code not run: no steps left]*"),
+            raw=completion.text,
+            usage=completion.usage.to_dict(),
+            latency_s=round(completion.latency_s, 4),
+            extra={"last_call": True},
+        )
+        self.messages.extend(messages[-1:])
+        self.messages.append({"role": "assistant", "content": completion.text})
+        if found := parse.final_answer(completion.text):
+            await self._take_final(ks, step, 1, found, [])
+        self._update_meta()
+        self.recorder.save()
+        return self.final_value
+
+    def _update_meta(self) -> None:
+        self.recorder.meta.update(
+            steps=self.steps,
+            subcalls=self.budget.subcalls,
+            usage={role: u.to_dict() for role, u in self.budget.usage.items()},
+            cost_usd=self.budget.cost_usd,
+        )
+
+    async def _close_models(self) -> None:
+        for llm in self.models.values():
+            aclose = getattr(llm, "aclose", None)
+            if aclose is not None:
+                await run_hook(aclose)
+
+
+def _code_marker(step: int, block: int) -> str:
+    return f"*[code cell {step}.{block} below]*"
+
+
+def _status_note(result: ExecResult) -> str:
+    if result.status == "timeout":
+        kept = "the kernel was restarted" if result.restarted else "your variables are kept"
+        return f"\n[the cell was interrupted after {result.duration_s:.1f} s (time limit); {kept}]"
+    if result.status == "kernel_died":
+        return (
+            "\n[the kernel died while running this cell and was restarted: `context` and the "
+            "REPL functions are back, your other variables are gone]"
+        )
+    return ""
