@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from . import __version__, demo
 from .errors import UsageError
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 class Progress:
     """Hooks that print one line per step and per block on stderr."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
 
     def on_step(self, *, step, max_steps, blocks, usage, subcalls, cost_usd, elapsed_s, **_):
@@ -50,7 +50,7 @@ class Progress:
         return {"on_step": self.on_step, "on_output": self.on_output}
 
     def _print(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        print(line, file=self.stream or sys.stderr, flush=True)
 
 
 def _limit_args(p: argparse.ArgumentParser) -> None:

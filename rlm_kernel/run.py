@@ -16,7 +16,7 @@ import platform
 import shutil
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,10 +159,16 @@ class RLM:
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty; ask something about the context")
         run_id = uuid.uuid4().hex[:12]
-        root, sub = resolve(self.model), resolve(self.sub_model)
-        nb_path = check_notebook_path(Path(notebook) if notebook else default_notebook_path(run_id))
-        info = prepare(context, nb_path.with_suffix(""))
-        run = _Run(self, question.strip(), info, nb_path, run_id, root, sub)
+        root = resolve(self.model)
+        sub = resolve(self.sub_model)
+        try:
+            nb_path = Path(notebook) if notebook else default_notebook_path(run_id)
+            nb_path = check_notebook_path(nb_path)
+            info = prepare(context, nb_path.with_suffix(""))
+            run = _Run(self, question.strip(), info, nb_path, run_id, root, sub)
+        except BaseException:
+            await close_models([root, sub])
+            raise
         return await run.execute()
 
     run = run_sync(arun)
@@ -299,7 +305,7 @@ class _Run:
             shutil.rmtree(work, ignore_errors=True)
             self._update_meta()
             self.recorder.finish(status=status, stop_reason=stop_reason, answer=answer, error=error)
-            await self._close_models()
+            await close_models(self.models.values())
         return RunResult(
             answer=answer,
             status=status,
@@ -458,11 +464,13 @@ class _Run:
             cost_usd=self.budget.cost_usd,
         )
 
-    async def _close_models(self) -> None:
-        for llm in self.models.values():
-            aclose = getattr(llm, "aclose", None)
-            if aclose is not None:
-                await run_hook(aclose)
+
+async def close_models(models: Iterable[LLM]) -> None:
+    """Close the HTTP clients of models that have an ``aclose`` (an optional capability)."""
+    for llm in models:
+        aclose = getattr(llm, "aclose", None)
+        if aclose is not None:
+            await run_hook(aclose)
 
 
 def _code_marker(step: int, block: int) -> str:
