@@ -109,18 +109,24 @@ def take(text: str, into: dict[str, Any]) -> None:
 
 
 class StepClock:
-    """``on_step`` hook: the time each step's model reply was recorded."""
+    """``on_step`` hook: when each step's model reply was recorded (wall and host CPU time)."""
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
+        self.cpu: list[float] = []
 
     def on_step(self, **_: Any) -> None:
         self.stamps.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
     def overheads(self, root: ScriptedRoot) -> list[float]:
         """Seconds per step without model time: stamp k to stamp k+1, less model call k+1."""
         t, m = self.stamps, root.times
         return [t[k + 1] - t[k] - m[k + 1] for k in range(len(t) - 1)]
+
+    def cpu_per_step(self) -> float:
+        """Host-process CPU seconds (all threads) per step, over the whole run."""
+        return (self.cpu[-1] - self.cpu[0]) / (len(self.cpu) - 1)
 
 
 async def scripted_run(
@@ -162,63 +168,97 @@ def block(code: str) -> str:
 # -- 1 and 6: per-step overhead ------------------------------------------------------------------
 
 
-async def execute_interactive_floor(work: Path, n: int) -> list[float]:
-    """Seconds of ``kc.execute_interactive("x = 1")``, ``n`` times, on a bare ipc kernel.
+class BareKernel:
+    """The floor of figure 1: a kernel driven by jupyter_client alone.
 
-    The kernel is started like KernelSession starts one (ipc transport, same environment,
-    history off), but driven by jupyter_client alone.
+    Started like KernelSession starts one (ipc transport, the same environment, history off).
     """
-    rt = Path(tempfile.mkdtemp(prefix="rlmb-", dir="/tmp"))
-    km = AsyncKernelManager(
-        transport="ipc", ip=str(rt / "k"), connection_file=str(rt / "kernel.json")
-    )
-    env = kernel_env((), {"IPYTHONDIR": str(rt / "ipython")})
-    await km.start_kernel(
-        env=env, cwd=str(work), extra_arguments=["--HistoryManager.enabled=False"]
-    )
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=60)
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.rt = Path(tempfile.mkdtemp(prefix="rlmb-", dir="/tmp"))
+        self.km = AsyncKernelManager(
+            transport="ipc", ip=str(self.rt / "k"), connection_file=str(self.rt / "kernel.json")
+        )
+        self.kc: Any = None
+
+    async def __aenter__(self) -> BareKernel:
+        env = kernel_env((), {"IPYTHONDIR": str(self.rt / "ipython")})
+        await self.km.start_kernel(
+            env=env, cwd=str(self.work), extra_arguments=["--HistoryManager.enabled=False"]
+        )
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        await self.kc.wait_for_ready(timeout=60)
+        await self.round_trips(20)  # warm-up
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.kc is not None:
+            self.kc.stop_channels()
+        await self.km.shutdown_kernel(now=True)
+        shutil.rmtree(self.rt, ignore_errors=True)
+
+    async def round_trips(self, n: int, gap_s: float = 0.0) -> tuple[list[float], float]:
+        """``n`` timed ``execute_interactive("x = 1")`` (seconds) and host CPU per call.
+
+        ``gap_s`` idles between calls (untimed), as a model of that latency would.
+        """
         times = []
-        for i in range(n + 20):
+        cpu = time.process_time()
+        for _ in range(n):
+            if gap_s:
+                await asyncio.sleep(gap_s)
             start = time.perf_counter()
-            await kc.execute_interactive("x = 1", output_hook=lambda msg: None)
-            if i >= 20:  # warm-up
-                times.append(time.perf_counter() - start)
-        return times
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel(now=True)
-        shutil.rmtree(rt, ignore_errors=True)
+            await self.kc.execute_interactive("x = 1", output_hook=lambda msg: None)
+            times.append(time.perf_counter() - start)
+        return times, (time.process_time() - cpu) / n
+
+
+def x1_script(steps: int) -> list[str]:
+    return [X1] * (steps - 1) + [X1 + "\nFINAL(done)"]
 
 
 async def per_step(work: Path, log: Callable[[str], None]) -> list[Figure]:
-    # Method (1): floor = median bare execute_interactive("x = 1") round trip, sampled before
-    # and after our runs. Ours = an RLM run whose root model replies with one ```repl x = 1```
-    # block per step for 100 steps (FINAL on the last); per-step overhead = time between
-    # consecutive on_step calls less the root model's own time, measured inside the model
-    # function. It includes the kernel execute, parsing, recording and the atomic notebook write.
-    # The same run with a 10 ms root model checks that model time is removed correctly.
-    floor = await execute_interactive_floor(work, 150)
-    clock = StepClock()
-    root, _ = await scripted_run(work, "steps100", [X1] * 99 + [X1 + "\nFINAL(done)"], clock=clock)
-    ours = clock.overheads(root)
-    clock10 = StepClock()
-    root10, _ = await scripted_run(
-        work, "steps100-10ms", [X1] * 99 + [X1 + "\nFINAL(done)"], latency_s=0.01, clock=clock10
+    # Method (1): floor = median of bare execute_interactive("x = 1") round trips on a kept
+    # kernel. Ours = RLM runs whose root model replies with one ```repl x = 1``` block per step
+    # for 100 steps (FINAL on the last); per-step overhead = time between consecutive on_step
+    # calls less the root model's own time (measured inside the model function). It includes
+    # the kernel execute, parsing, recording and the atomic notebook write. Three rounds of
+    # (100 floor samples, one 100-step run), interleaved so that drift of this machine hits both
+    # alike; medians over all samples. Host CPU per step/round trip is reported alongside.
+    # (1b) the same with a root model that sleeps 10 ms, against a floor that idles 10 ms
+    # (untimed) between round trips: after an idle gap both processes wake up cold.
+    floor: list[float] = []
+    ours: list[float] = []
+    cpu_floor: list[float] = []
+    cpu_ours: list[float] = []
+    async with BareKernel(work) as bare:
+        for i in range(3):
+            times, cpu = await bare.round_trips(100)
+            floor += times
+            cpu_floor.append(cpu)
+            clock = StepClock()
+            root, _ = await scripted_run(work, f"steps100-{i}", x1_script(100), clock=clock)
+            ours += clock.overheads(root)
+            cpu_ours.append(clock.cpu_per_step())
+        floor10, _ = await bare.round_trips(100, gap_s=0.01)
+        clock10 = StepClock()
+        root10, _ = await scripted_run(
+            work, "steps100-10ms", x1_script(100), latency_s=0.01, clock=clock10
+        )
+        ours10 = clock10.overheads(root10)
+    f_med, o_med = statistics.median(floor) * 1e3, statistics.median(ours) * 1e3
+    f10_med, o10_med = statistics.median(floor10) * 1e3, statistics.median(ours10) * 1e3
+    log(
+        f"per-step: floor {f_med:.3f} ms, ours {o_med:.3f} ms; "
+        f"10 ms model: floor {f10_med:.3f} ms, ours {o10_med:.3f} ms"
     )
-    ours10 = clock10.overheads(root10)
-    floor += await execute_interactive_floor(work, 150)
-    f_med, o_med, o10_med = (statistics.median(v) * 1e3 for v in (floor, ours, ours10))
-    log(f"per-step: floor {f_med:.3f} ms, ours {o_med:.3f} ms, ours with 10 ms model {o10_med:.3f}")
 
     # Method (6): one run of 220 steps; median per-step time (as in 1) of steps 1-20 against
     # steps 191-210.
     clock220 = StepClock()
-    root220, _ = await scripted_run(
-        work, "steps220", [X1] * 219 + [X1 + "\nFINAL(done)"], clock=clock220
-    )
+    root220, _ = await scripted_run(work, "steps220", x1_script(220), clock=clock220)
     ov = clock220.overheads(root220)
     early, late = statistics.median(ov[0:20]) * 1e3, statistics.median(ov[190:210]) * 1e3
     log(f"step 1-20 {early:.3f} ms, step 191-210 {late:.3f} ms")
@@ -235,16 +275,22 @@ async def per_step(work: Path, log: Callable[[str], None]) -> list[Figure]:
             "ms",
             "≤ 1.5× execute_interactive",
             o_med <= 1.5 * f_med,
-            extra={"steps": len(ours), "p90_ms": pct(ours, 0.9), "floor_p90_ms": pct(floor, 0.9)},
+            extra={
+                "steps": len(ours),
+                "p90_ms": pct(ours, 0.9),
+                "floor_p90_ms": pct(floor, 0.9),
+                "host_cpu_per_step_ms": [round(c * 1e3, 3) for c in cpu_ours],
+                "floor_host_cpu_ms": [round(c * 1e3, 3) for c in cpu_floor],
+            },
         ),
         Figure(
             "per_step_overhead_10ms_model",
-            "1b. per-step overhead, 10 ms model",
+            "1b. same, 10 ms model (floor idles 10 ms)",
             o10_med,
-            f_med,
+            f10_med,
             "ms",
             "≤ 1.5× execute_interactive",
-            o10_med <= 1.5 * f_med,
+            o10_med <= 1.5 * f10_med,
             extra={"steps": len(ours10), "p90_ms": pct(ours10, 0.9)},
         ),
         Figure(
@@ -287,7 +333,7 @@ async def subcalls(work: Path, log: Callable[[str], None]) -> list[Figure]:
     # Method (2): one cell calls llm_query("p") 2,000 times in a loop (zero-latency async
     # sub-model), timed inside the kernel; floor = the same number of round trips over a kept
     # Unix-socket connection from the same kernel to an asyncio echo server on the host's event
-    # loop, same framing and frame size. Three interleaved repetitions each after a warm-up,
+    # loop, same framing and frame size. Five interleaved repetitions each after a warm-up,
     # medians.
     # Method (3): one cell times llm_query_batched of 1,000 prompts whose sub-model sleeps 50 ms
     # (default cap 16); floor = 1,000 sleeps of 50 ms under a semaphore of 16 on the host loop.
@@ -297,7 +343,7 @@ async def subcalls(work: Path, log: Callable[[str], None]) -> list[Figure]:
     server = await loop.create_unix_server(_Echo, echo_path)
     results = Results()
     try:
-        n, reps = 2000, 3
+        n, reps = 2000, 5
         replies = [
             block(bench_cell("round_trips", f"llm_query, {echo_path!r}, {n}, {reps}")),
             block(bench_cell("batched", "llm_query_batched, 1000, 'slow'")),
@@ -575,6 +621,7 @@ async def main_async(log: Callable[[str], None]) -> dict[str, Any]:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
         },
         "_figures": figures,
     }
@@ -584,7 +631,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        action="append",
+        help="run on these CPUs only (repeatable); kernels inherit it. Default: all CPUs",
+    )
     args = parser.parse_args(argv)
+    if args.cpu:
+        os.sched_setaffinity(0, set(args.cpu))
 
     def log(message: str) -> None:
         if not args.quiet:

@@ -12,12 +12,10 @@ import functools
 import hashlib
 import inspect
 import os
-import platform
 import shutil
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,16 +63,6 @@ async def run_hook(hook: Hook | None, **kwargs: Any) -> None:
     result = hook(**kwargs)
     if inspect.isawaitable(result):
         await result
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("rlm-kernel", "ipykernel", "jupyter_client", "nbformat", "anthropic", "openai"):
-        try:
-            out[dist.replace("-", "_")] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def _now() -> str:
@@ -218,7 +206,6 @@ class _Run:
                 "system_prompt": self.system,
                 "context": info.to_metadata(nb_path.parent),
                 "started": _now(),
-                "versions": _versions(),
                 "parent": None,
             },
         )

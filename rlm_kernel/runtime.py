@@ -49,8 +49,8 @@ _WAITING = object()  # a request whose response has not arrived
 _LOST = object()  # a request whose connection was dropped before its response arrived
 
 
-class SubcallError(RuntimeError):
-    """A sub-call failed after the host's retries.
+class _SubcallFailure(RuntimeError):
+    """A failed sub-call; for a batch it carries the answers that did arrive.
 
     Attributes:
         partial: for a batch, the answers in prompt order, ``None`` where a prompt failed.
@@ -69,24 +69,15 @@ class SubcallError(RuntimeError):
         self.errors = errors if errors is not None else {}
 
 
-class BudgetExceeded(RuntimeError):
+class SubcallError(_SubcallFailure):
+    """A sub-call failed after the host's retries (``.partial`` and ``.errors`` for a batch)."""
+
+
+class BudgetExceeded(_SubcallFailure):
     """The run's sub-call, cost or time budget is used up; further sub-calls will fail too.
 
-    Attributes:
-        partial: for a batch, the answers in prompt order, ``None`` where a prompt failed.
-        errors: for a batch, prompt index → error message.
+    For a batch, ``.partial`` and ``.errors`` hold what arrived and what failed.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        partial: list[str | None] | None = None,
-        errors: dict[int, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.partial = partial
-        self.errors = errors if errors is not None else {}
 
 
 class ReplayMiss(LookupError):

@@ -10,13 +10,12 @@ import anthropic
 
 from ..errors import MissingAPIKeyError, ModelError, UsageError
 from ..types import Completion, Message, Usage
-from . import pricing, wants_stream
+from . import _sdk, wants_stream
 
 # The SDK refuses a non-streaming request whose max_tokens could take longer than ten minutes
 # (it budgets an hour per 128k output tokens); above this many tokens we stream instead.
 _NONSTREAMING_MAX_TOKENS = 128_000 * 10 // 60
 _CACHE_CONTROL = {"type": "ephemeral"}
-_CONNECT_TIMEOUT = 10.0  # a host that does not answer fails fast; replies may take minutes
 
 
 class AnthropicLLM:
@@ -77,10 +76,11 @@ class AnthropicLLM:
                 raw = await self._client.messages.with_raw_response.create(**params)
                 message = await raw.parse()
                 request = raw.http_request
-        except anthropic.APIStatusError as exc:
-            raise self._error(exc, _retries(exc.response.request)) from exc
-        except anthropic.APIConnectionError as exc:
-            raise self._error(exc, _retries(exc.request)) from exc
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+            secrets = (self._client.api_key, self._client.auth_token)
+            raise _sdk.model_error(
+                self.name, exc, anthropic, error_fields=_error_fields, secrets=secrets
+            ) from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(self.name, f"the Anthropic SDK failed: {exc}") from exc
         latency = time.perf_counter() - start
@@ -94,19 +94,14 @@ class AnthropicLLM:
             cache_creation_input_tokens=u.cache_creation_input_tokens or 0,
         )
         text = "".join(block.text for block in message.content if block.type == "text")
-        return Completion(
+        return _sdk.completion(
+            "anthropic",
+            self.model,
             text=text,
-            model=self.name,
             usage=usage,
             latency_s=latency,
-            cost_usd=pricing.cost("anthropic", self.model, usage),
-            retries=_retries(request),
+            request=request,
             stop_reason=message.stop_reason,
-        )
-
-    def _error(self, exc: Any, retries: int) -> ModelError:
-        return _model_error(
-            self.name, exc, retries, secrets=(self._client.api_key, self._client.auth_token)
         )
 
     async def aclose(self) -> None:
@@ -143,7 +138,7 @@ def _make_client(*, max_retries: int, timeout: float) -> anthropic.AsyncAnthropi
     try:
         client = anthropic.AsyncAnthropic(
             max_retries=max_retries,
-            timeout=anthropic.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT)),
+            timeout=anthropic.Timeout(timeout, connect=min(timeout, _sdk.CONNECT_TIMEOUT)),
         )
     except anthropic.CredentialsError as exc:
         # A config directory without a usable profile: no credential at all, as far as the
@@ -179,31 +174,9 @@ def _with_cache_control(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _retries(request: Any) -> int:
-    """Retries behind an HTTP attempt: the SDK numbers each attempt in a request header."""
-    try:
-        return int(request.headers.get("x-stainless-retry-count", 0))
-    except (AttributeError, TypeError, ValueError):
-        return 0
-
-
-def _model_error(
-    name: str, exc: anthropic.APIError, retries: int, *, secrets: tuple[str | None, ...]
-) -> ModelError:
-    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-    if isinstance(exc, anthropic.APIStatusError):
-        error = exc.body.get("error") if isinstance(exc.body, dict) else None
-        kind = error.get("type") if isinstance(error, dict) else None
-        detail = error.get("message") if isinstance(error, dict) else None
-        label = f"HTTP {exc.status_code}" + (f" {kind}" if kind else "")
-        message = f"{label}: {detail or exc.response.reason_phrase}{after}"
-    elif isinstance(exc, anthropic.APITimeoutError):
-        message = f"the request timed out{after}"
-    else:
-        url = exc.request.url
-        message = f"could not connect to {url.scheme}://{url.netloc.decode()}{after}"
-    # A server may quote the key it rejected; it must never reach logs or notebooks.
-    for key in secrets:
-        if key:
-            message = message.replace(key, "<api key>")
-    return ModelError(name, message, retries=retries)
+def _error_fields(body: object) -> tuple[str | None, str | None]:
+    """An Anthropic error body: ``{"type": "error", "error": {"type": ..., "message": ...}}``."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    return error.get("type"), error.get("message")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingAPIKeyError, ModelError, UsageError
 from ..types import Completion, Message, Usage
-from . import pricing, wants_stream
+from . import _sdk, wants_stream
 
 try:
     import openai
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import openai as openai_types
 
 _OFFICIAL_HOST = "api.openai.com"
-_CONNECT_TIMEOUT = 10.0  # a host that does not answer fails fast; replies may take minutes
 _KEY_HINT = "any non-empty value works for local servers such as vLLM, llama.cpp or Ollama"
 
 
@@ -100,22 +99,22 @@ class OpenAILLM:
                 text = (choice.message.content or "") if choice else ""
                 finish = choice.finish_reason if choice else None
                 raw_usage = completion.usage
-        except openai.APIStatusError as exc:
-            raise self._error(exc, _retries(exc.response.request)) from exc
-        except openai.APIConnectionError as exc:
-            raise self._error(exc, _retries(exc.request)) from exc
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            secrets = (self._client.api_key,)
+            raise _sdk.model_error(
+                self.name, exc, openai, error_fields=_error_fields, secrets=secrets
+            ) from exc
         except openai.OpenAIError as exc:
             raise ModelError(self.name, f"the OpenAI SDK failed: {exc}") from exc
         latency = time.perf_counter() - start
 
-        usage = _usage(raw_usage)
-        return Completion(
+        return _sdk.completion(
+            "openai",
+            self.model,
             text=text,
-            model=self.name,
-            usage=usage,
+            usage=_usage(raw_usage),
             latency_s=latency,
-            cost_usd=pricing.cost("openai", self.model, usage),
-            retries=_retries(request),
+            request=request,
             stop_reason=finish,
         )
 
@@ -136,9 +135,6 @@ class OpenAILLM:
                     raw_usage = chunk.usage
         return "".join(parts), finish, raw_usage, stream.response.request
 
-    def _error(self, exc: Any, retries: int) -> ModelError:
-        return _model_error(self.name, exc, retries, secrets=(self._client.api_key,))
-
     async def aclose(self) -> None:
         """Close the HTTP connections of the client."""
         await self._client.close()
@@ -151,7 +147,7 @@ def _make_client(*, max_retries: int, timeout: float) -> openai_types.AsyncOpenA
     try:
         return openai.AsyncOpenAI(
             max_retries=max_retries,
-            timeout=openai.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT)),
+            timeout=openai.Timeout(timeout, connect=min(timeout, _sdk.CONNECT_TIMEOUT)),
         )
     except openai.OpenAIError as exc:
         if not os.environ.get("OPENAI_API_KEY"):
@@ -173,32 +169,9 @@ def _usage(raw: Any) -> Usage:
     )
 
 
-def _retries(request: Any) -> int:
-    """Retries behind an HTTP attempt: the SDK numbers each attempt in a request header."""
-    try:
-        return int(request.headers.get("x-stainless-retry-count", 0))
-    except (AttributeError, TypeError, ValueError):
-        return 0
-
-
-def _model_error(
-    name: str, exc: openai_types.APIError, retries: int, *, secrets: tuple[str | None, ...]
-) -> ModelError:
-    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body
-        error = body.get("error", body) if isinstance(body, dict) else None
-        kind = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
-        detail = error.get("message") if isinstance(error, dict) else None
-        label = f"HTTP {exc.status_code}" + (f" {kind}" if kind else "")
-        message = f"{label}: {detail or exc.response.reason_phrase}{after}"
-    elif isinstance(exc, openai.APITimeoutError):
-        message = f"the request timed out{after}"
-    else:
-        url = exc.request.url
-        message = f"could not connect to {url.scheme}://{url.netloc.decode()}{after}"
-    # A server may quote the key it rejected; it must never reach logs or notebooks.
-    for key in secrets:
-        if key:
-            message = message.replace(key, "<api key>")
-    return ModelError(name, message, retries=retries)
+def _error_fields(body: object) -> tuple[str | None, str | None]:
+    """An OpenAI-style error body: ``{"error": {...}}`` or, from some servers, the bare object."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    return error.get("code") or error.get("type"), error.get("message")
