@@ -165,7 +165,7 @@ class Recorder:
         rlm = {"step": step, "role": "model", "raw": raw, "usage": usage, "latency_s": latency_s}
         rlm.update(extra or {})
         cell = self._new_cell(
-            nbformat.v4.new_markdown_cell,
+            "markdown",
             cell_id=f"step-{step}",
             source=f"### Step {step}\n\n{markdown}",
             metadata={"tags": [STEP_TAG], "rlm": rlm},
@@ -205,7 +205,7 @@ class Recorder:
         rlm.update(extra or {})
         cell_tags = [CODE_TAG, *(t for t in tags if t != CODE_TAG)]
         cell = self._new_cell(
-            nbformat.v4.new_code_cell,
+            "code",
             cell_id=f"step-{step}-code-{block}",
             source=source,
             outputs=[dict(o) for o in outputs],
@@ -257,7 +257,7 @@ class Recorder:
             duration_s=_duration(self.meta.get("started"), finished),
         )
         cell = self._new_cell(
-            nbformat.v4.new_markdown_cell,
+            "markdown",
             cell_id="rlm-answer",
             source=_answer_source(answer, status, stop_reason, error),
             metadata={"tags": [ANSWER_TAG]},
@@ -268,7 +268,7 @@ class Recorder:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _new_cell(self, factory: Any, *, cell_id: str, **fields: Any) -> nbformat.NotebookNode:
+    def _new_cell(self, cell_type: str, *, cell_id: str, **fields: Any) -> nbformat.NotebookNode:
         if self._finished:
             raise RuntimeError(f"cannot add cells: the run in {self.path} is already finished")
         if cell_id in self._ids:
@@ -277,12 +277,20 @@ class Recorder:
         # would otherwise go unseen by the cached JSON.
         fields = {k: nbformat.from_dict(v) for k, v in fields.items()}
         _to_plain(fields)
+        cell = nbformat.NotebookNode(cell_type=cell_type, id=cell_id, metadata={}, source="")
+        if cell_type == "code":
+            cell.update(outputs=[], execution_count=None)
+        cell.update(fields)
+        # One cell checked as a whole notebook: nbformat validates a notebook with
+        # fastjsonschema, while its cell factories (a schema reference) fall back to the much
+        # slower jsonschema. This runs on every step.
         try:
-            return factory(id=cell_id, **fields)
+            nbformat.validate(_skeleton(self.nb, [cell], metadata={}))
         except nbformat.ValidationError as e:
             raise NotebookFormatError(
                 f"cell {cell_id} would make {self.path} an invalid notebook: {_reason(e)}"
             ) from e
+        return cell
 
     def _append(self, cell: nbformat.NotebookNode) -> None:
         # Serializing here, once, also rejects content that cannot be written (e.g. a value that
@@ -326,13 +334,9 @@ class Recorder:
         if validate_all:
             checked = self.nb
         else:
-            new = self.nb.cells[len(self.nb.cells) - self._unsaved :]
-            checked = nbformat.NotebookNode(
-                nbformat=self.nb.nbformat,
-                nbformat_minor=self.nb.nbformat_minor,
-                metadata=self.nb.metadata,
-                cells=[summary, *new],
-            )
+            # New cells were validated when they were added (see _new_cell), so what is left
+            # to check is what changed since: the summary and the metadata.
+            checked = _skeleton(self.nb, [summary], metadata=self.nb.metadata)
         try:
             nbformat.validate(checked)
         except nbformat.ValidationError as e:
@@ -499,6 +503,13 @@ def _split_around_source(cell: nbformat.NotebookNode) -> tuple[bytes, bytes]:
     text = ("  " + _dumps({**cell, "source": marker}).replace("\n", "\n  ")).encode("utf-8")
     before, after = text.split(_encode(marker), 1)
     return before, after
+
+
+def _skeleton(nb: Any, cells: list[Any], *, metadata: Any) -> nbformat.NotebookNode:
+    """A notebook of ``nb``'s version holding only ``cells``, for validating part of it."""
+    return nbformat.NotebookNode(
+        nbformat=nb.nbformat, nbformat_minor=nb.nbformat_minor, metadata=metadata, cells=cells
+    )
 
 
 def _atomic_write(path: pathlib.Path, pieces: Iterable[bytes]) -> None:

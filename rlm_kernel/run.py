@@ -365,7 +365,8 @@ class _Run:
         remaining = self.budget.remaining_time()
         coro = self.root.complete(messages or self.messages, max_tokens=self.limits.max_tokens)
         try:
-            completion = await asyncio.wait_for(coro, remaining)
+            # wait_for wraps the call in a task; without a deadline there is nothing to enforce.
+            completion = await (coro if remaining is None else asyncio.wait_for(coro, remaining))
         except asyncio.TimeoutError:
             limit = self.limits.timeout or 0
             raise BudgetExceeded("time (s)", self.budget.elapsed(), limit) from None

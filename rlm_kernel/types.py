@@ -61,8 +61,12 @@ class Usage:
     cache_creation_input_tokens: int = 0
 
     def add(self, other: Usage) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        # Spelled out: this runs on every sub-call, where dataclasses.fields() costs.
+        self.calls += other.calls
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
 
     @property
     def total_tokens(self) -> int:
@@ -118,9 +122,22 @@ class SubcallRecord:
     child: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["usage"] = self.usage.to_dict()
-        return data
+        # Spelled out: a batch records thousands of these, and dataclasses.asdict deep-copies.
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model,
+            "prompt_sha256": self.prompt_sha256,
+            "prompt_chars": self.prompt_chars,
+            "prompt_preview": self.prompt_preview,
+            "response": self.response,
+            "latency_s": self.latency_s,
+            "usage": self.usage.to_dict(),
+            "cost_usd": self.cost_usd,
+            "retries": self.retries,
+            "error": self.error,
+            "child": self.child,
+        }
 
 
 @dataclass

@@ -66,3 +66,14 @@ def test_limits_reject_nonsense_and_rlm_names_unknown_options():
     with pytest.raises(UsageError, match="positive"):
         RLM(lambda m: "", lambda m: "", cell_timeout=-1)
     assert RLM(lambda m: "", lambda m: "", max_steps=3).limits.max_steps == 3
+
+
+def test_subcall_record_dict_has_every_field():
+    import dataclasses
+
+    from rlm_kernel.types import SubcallRecord
+
+    record = SubcallRecord(1, "llm", "m", "ab", 2, "hi", usage=Usage(calls=1, input_tokens=3))
+    data = record.to_dict()
+    assert set(data) == {f.name for f in dataclasses.fields(SubcallRecord)}
+    assert data["usage"]["input_tokens"] == 3

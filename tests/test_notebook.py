@@ -662,22 +662,24 @@ def test_a_save_serializes_and_validates_only_what_changed(tmp_path, monkeypatch
         return real_cell_json(cell)
 
     def counting_validate(nb, *args, **kwargs):
-        if "cells" in nb:  # a notebook, not one cell checked as it is made
+        if "cells" in nb:  # a notebook (the test's own outputs are checked as they are made)
             validated.append([c["id"] for c in nb["cells"]])
         return real_validate(nb, *args, **kwargs)
 
     monkeypatch.setattr(notebook, "_cell_json", counting_cell_json)
     monkeypatch.setattr(nbformat, "validate", counting_validate)
     _add_step(rec, 30)
+    assert validated == [["step-30"], ["step-30-code-1"]]  # each new cell as it is made
     rec.save()
     assert serialized == ["step-30", "step-30-code-1"]  # once each, when added
-    assert validated == [["rlm-summary", "step-30", "step-30-code-1"]]
+    assert validated[2:] == [["rlm-summary"]]  # then only what changed: summary and metadata
 
     serialized.clear()
     validated.clear()
     rec.finish(status="answered", stop_reason="final", answer="done")
     assert serialized == ["rlm-answer"]
-    assert len(validated) == 1 and len(validated[0]) == len(rec.nb.cells)  # the whole notebook
+    assert validated[0] == ["rlm-answer"]  # the new cell as it is made, then the whole notebook
+    assert len(validated) == 2 and len(validated[1]) == len(rec.nb.cells)
     _assert_written_like_nbformat(rec)
 
 
