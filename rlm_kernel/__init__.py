@@ -16,6 +16,14 @@ from .types import Completion, Limits, RunResult, Usage
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext rlm_kernel``: register the ``%rlm_replay`` magic (see ``rlm_kernel.magic``)."""
+    # Imported here: IPython and the replay machinery are only needed inside a kernel.
+    from .magic import load_ipython_extension as load
+
+    load(ipython)
+
 __all__ = [
     "LLM",
     "RLM",
@@ -32,5 +40,6 @@ __all__ = [
     "Usage",
     "UsageError",
     "__version__",
+    "load_ipython_extension",
     "register_provider",
 ]

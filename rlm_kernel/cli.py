@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--model", default=DEFAULT_ROOT_MODEL, help="root model, PROVIDER:MODEL")
     run.add_argument("--sub-model", default=DEFAULT_SUB_MODEL, help="sub-model, PROVIDER:MODEL")
+    run.add_argument(
+        "--embed-context",
+        action="store_true",
+        help="store the context's text in the notebook too (up to 1,000,000 characters)",
+    )
     _limit_args(run)
     _output_args(run)
 
@@ -141,7 +146,8 @@ def _report(result: RunResult, args: argparse.Namespace) -> int:
 
 def _rlm(args: argparse.Namespace, model: str, sub_model: str) -> RLM:
     hooks = {} if (args.quiet or args.json) else Progress().hooks()
-    return RLM(model, sub_model, **_limits(args), **hooks)
+    embed = getattr(args, "embed_context", False)
+    return RLM(model, sub_model, embed_context=embed, **_limits(args), **hooks)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

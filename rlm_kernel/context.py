@@ -20,6 +20,7 @@ from typing import Any, Literal
 from .errors import ContextError
 
 PREVIEW_CHARS = 500
+EMBED_LIMIT_CHARS = 1_000_000  # the largest context a notebook carries inside itself
 ContextInput = str | list | dict | os.PathLike | Sequence[os.PathLike]
 
 
@@ -50,6 +51,19 @@ class ContextInfo:
     items: int | None = None
     lengths: tuple[int, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+
+    def embedded_text(self) -> str:
+        """The context file's text, for a notebook that carries its context inside itself.
+
+        Raises:
+            ContextError: the context is larger than :data:`EMBED_LIMIT_CHARS`.
+        """
+        if self.chars > EMBED_LIMIT_CHARS:
+            raise ContextError(
+                f"the context has {self.chars:,} characters, too many to embed in the notebook "
+                f"(the limit is {EMBED_LIMIT_CHARS:,}); keep it as a file beside the notebook"
+            )
+        return self.path.read_text(encoding="utf-8")
 
     def to_metadata(self, notebook_dir: Path) -> dict[str, Any]:
         """The notebook's ``metadata.rlm.context``, with the path relative to the notebook."""

@@ -105,6 +105,8 @@ class RLM:
         on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
         kernel_name: the Jupyter kernelspec to run the code in.
+        embed_context: also store the context's text in the notebook (up to
+            ``context.EMBED_LIMIT_CHARS``), so the notebook replays without its context file.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class RLM:
         on_output: Hook | None = None,
         on_subcall: Hook | None = None,
         kernel_name: str = "python3",
+        embed_context: bool = False,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -131,6 +134,7 @@ class RLM:
         self.sub_model = sub_model
         self.hooks = {"on_step": on_step, "on_output": on_output, "on_subcall": on_subcall}
         self.kernel_name = kernel_name
+        self.embed_context = embed_context
 
     async def arun(
         self,
@@ -153,7 +157,10 @@ class RLM:
             nb_path = Path(notebook) if notebook else default_notebook_path(run_id)
             nb_path = check_notebook_path(nb_path)
             info = prepare(context, nb_path.with_suffix(""))
-            run = _Run(self, question.strip(), info, nb_path, run_id, root, sub)
+            context_meta = info.to_metadata(nb_path.parent)
+            if self.embed_context:
+                context_meta["embedded"] = info.embedded_text()
+            run = _Run(self, question.strip(), info, context_meta, nb_path, run_id, root, sub)
         except BaseException:
             await close_models([root, sub])
             raise
@@ -170,6 +177,7 @@ class _Run:
         rlm: RLM,
         question: str,
         info: ContextInfo,
+        context_meta: dict[str, Any],
         nb_path: Path,
         run_id: str,
         root: LLM,
@@ -204,7 +212,7 @@ class _Run:
                 "models": {"root": root.name, "sub": sub.name},
                 "limits": self.limits.to_dict(),
                 "system_prompt": self.system,
-                "context": info.to_metadata(nb_path.parent),
+                "context": context_meta,
                 "started": _now(),
                 "parent": None,
             },

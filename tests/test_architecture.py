@@ -13,9 +13,11 @@ PACKAGE = Path(rlm_kernel.__file__).parent
 
 # What each module may import from the package. Anything not listed imports nothing of ours.
 ALLOWED: dict[str, set[str]] = {
-    "__init__": {"errors", "llm", "run", "types"},
+    "__init__": {"errors", "llm", "magic", "run", "types"},
     "__main__": {"cli"},
-    "cli": {"__init__", "demo", "errors", "llm", "run", "types", "testing"},
+    "cli": {"__init__", "demo", "errors", "llm", "replay", "run", "types", "testing"},
+    "magic": {"errors", "replay"},
+    "replay": {"errors", "kernel", "llm", "notebook", "outputs", "parse", "runtime"},
     "demo": {"llm"},
     "run": {
         "bridge",

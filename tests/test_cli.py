@@ -100,8 +100,11 @@ def test_json_output_and_progress(capsys, text_file, tmp_path, fake_model_server
     fake_model_server.add_model("sub", "unused")
     base = ["run", "--question", "How long?", "--context", str(text_file)]
     base += ["--model", "anthropic:root", "--sub-model", "anthropic:sub"]
-    assert main([*base, "--out", str(tmp_path / "a.ipynb"), "--json"]) == 0
+    assert main([*base, "--out", str(tmp_path / "a.ipynb"), "--json", "--embed-context"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert (
+        nbformat.read(out["notebook"], as_version=4).metadata.rlm.context.embedded == "some text\n"
+    )
     assert set(out) >= {"answer", "status", "notebook", "steps", "subcalls", "usage", "cost_usd"}
     assert (out["answer"], out["status"], out["steps"]) == ("10", "answered", 1)
     assert out["cost_usd"] is None  # the scripted model has no price: unknown, not a guess

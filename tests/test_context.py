@@ -87,3 +87,13 @@ def test_unserialisable_object(tmp_path):
     with pytest.raises(ContextError, match="JSON-serialisable"):
         prepare({"x": object()}, tmp_path / "run")
     assert not list(tmp_path.iterdir())
+
+
+def test_embedding_has_a_limit(tmp_path, monkeypatch):
+    from rlm_kernel import context
+
+    info = prepare("small text", tmp_path / "run")
+    assert info.embedded_text() == "small text"
+    monkeypatch.setattr(context, "EMBED_LIMIT_CHARS", 5)
+    with pytest.raises(ContextError, match="too many to embed"):
+        info.embedded_text()
