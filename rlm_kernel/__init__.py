@@ -24,6 +24,7 @@ def load_ipython_extension(ipython: object) -> None:
 
     load(ipython)
 
+
 __all__ = [
     "LLM",
     "RLM",

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import __version__, demo
-from .errors import UsageError
+from . import __version__, demo, replay
+from .errors import NotebookFormatError, UsageError
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
 from .run import RLM
 from .types import Limits, RunResult
@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--dir", type=Path, default=Path("rlm-demo"), help="where to write the files")
     _limit_args(dm)
     _output_args(dm)
+
+    rp = sub.add_parser("replay", help="run a recorded notebook again and compare (no API key)")
+    rp.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
+    rp.add_argument("--out", type=Path, help="write a copy with the replayed outputs")
+    rp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
 
 
@@ -209,7 +214,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo}
+def cmd_replay(args: argparse.Namespace) -> int:
+    def show(cell: replay.CellReport) -> None:
+        if not args.json:
+            print(cell.render(), file=sys.stderr)
+
+    try:
+        report = asyncio.run(replay.areplay_notebook(args.notebook, out=args.out, on_cell=show))
+    except NotebookFormatError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        print(report.summary(), file=sys.stderr)
+    return EXIT_OK if report.status == "reproduced" else EXIT_NO_ANSWER
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "replay": cmd_replay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

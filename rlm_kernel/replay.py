@@ -228,7 +228,7 @@ class ReplayBook:
                 f"{_preview(nxt.prompt_preview)}"
             )
         elif self.calls:
-            text += f". Every recorded sub-call is used up (the last one was made at "
+            text += ". Every recorded sub-call is used up (the last one was made at "
             text += f"{self.calls[-1].where})"
         else:
             text += ". The run recorded no sub-calls"
@@ -391,7 +391,7 @@ class ReplayTransport:
                     "type": _MISS,
                 }
             self.live_calls += len(missed)
-            for i, answer in zip(missed, answers):
+            for i, answer in zip(missed, answers, strict=True):
                 results[i] = answer
         return {"results": results}
 
@@ -579,8 +579,7 @@ def normalize_text(text: str) -> str:
     text = _CELL_REF.sub(r"\1[…]", text)
     text = _KERNEL_FILE.sub("ipykernel_…/….py", text)
     lines = [
-        _DURATION.sub("…", line) if _TIMING_LINE.search(line) else line
-        for line in text.split("\n")
+        _DURATION.sub("…", line) if _TIMING_LINE.search(line) else line for line in text.split("\n")
     ]
     return "\n".join(lines)
 
@@ -621,6 +620,12 @@ class CellReport:
     outputs: list[Any] = dataclasses.field(default_factory=list, repr=False)
     execution_count: int | None = None
 
+    def render(self) -> str:
+        """A few lines for a terminal: the verdict, then the error or the diff, indented."""
+        head = f"step {self.step}.{self.block}: {self.result.replace('_', ' ')}"
+        detail = self.error or self.diff or ""
+        return "\n".join([head, *("    " + line for line in detail.splitlines())])
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``step, block, result`` and ``diff``/``error`` when present."""
         data: dict[str, Any] = {"step": self.step, "block": self.block, "result": self.result}
@@ -657,6 +662,22 @@ class ReplayReport:
         """``reproduced`` when every cell is the same and the answer matches."""
         same = all(c.result == "same" for c in self.cells)
         return "reproduced" if same and self.answer == self.recorded_answer else "differs"
+
+    def summary(self) -> str:
+        """One line: the status, how many cells are the same, whether the answer matches."""
+        same = sum(c.result == "same" for c in self.cells)
+        failing = sum(c.result == "newly_failing" for c in self.cells)
+        text = f"{self.status}: {same} of {len(self.cells)} cells the same"
+        if failing:
+            text += f", {failing} newly failing"
+        if self.answer == self.recorded_answer:
+            text += ", the answer matches" if self.answer is not None else ", no answer as recorded"
+            if self.answer_source == "record":
+                text += " (the run ended with a plain-text FINAL line: taken from the record)"
+        else:
+            text += f"; the answer differs: replayed {_preview(str(self.answer))}, recorded "
+            text += _preview(str(self.recorded_answer))
+        return text + (f"; replayed notebook: {self.out}" if self.out else "")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form printed by ``rlm-kernel replay --json``."""
