@@ -219,6 +219,8 @@ class KernelSession:
         startup_timeout: seconds the kernel (and ``setup_code``) may take to become ready.
         interrupt_grace: seconds to wait for a cell to stop after a timeout interrupt before
             the kernel is restarted.
+        shutdown_grace: seconds a kernel may take to exit after a shutdown request before its
+            process group is killed; 0 kills at once (for kernels whose state is disposable).
 
     Attributes:
         runtime_dir: private (0700) directory holding the connection file and sockets; callers
@@ -235,11 +237,13 @@ class KernelSession:
         setup_code: str | None = None,
         startup_timeout: float = 60.0,
         interrupt_grace: float = 5.0,
+        shutdown_grace: float = _SHUTDOWN_GRACE,
     ) -> None:
         self.kernel_name = kernel_name
         self.setup_code = setup_code
         self.startup_timeout = startup_timeout
         self.interrupt_grace = interrupt_grace
+        self.shutdown_grace = shutdown_grace
         self._env_names = tuple(env_allowlist)
         self._extra_env = dict(env or {})
         self._state = _State.NEW
@@ -417,9 +421,10 @@ class KernelSession:
             if process is not None:
                 # ipykernel's own shutdown terminates the kernel's children and then waits for
                 # them for many seconds if they are not reaped; killing the group is quicker.
-                if graceful and not _has_exited(process) and not _has_children(process.pid):
+                polite = graceful and self.shutdown_grace > 0
+                if polite and not _has_exited(process) and not _has_children(process.pid):
                     await km.request_shutdown()
-                    await self._wait_exit(process, _SHUTDOWN_GRACE)
+                    await self._wait_exit(process, self.shutdown_grace)
                 # An exited kernel stays unreaped until provisioner.wait(), so its group ID
                 # cannot have been reused: killing the group is safe and takes the kernel's
                 # children with it.

@@ -285,7 +285,11 @@ class _Run:
                     context_path=str(self.info.path),
                     context_kind=self.info.kind,
                 )
-                async with KernelSession(kernel_name=self.rlm.kernel_name, setup_code=setup) as ks:
+                # The kernel's state dies with the run (no history, a scratch folder), so it is
+                # stopped at once rather than asked to shut down, which ipykernel can hang on.
+                async with KernelSession(
+                    kernel_name=self.rlm.kernel_name, setup_code=setup, shutdown_grace=0
+                ) as ks:
                     answer, stop_reason = await self._loop(ks)
             status = "answered" if answer is not None else "no_answer"
         except (KeyboardInterrupt, asyncio.CancelledError):

@@ -385,3 +385,17 @@ def test_unknown_kernel_name_raises_a_clear_error(loop):
     with pytest.raises(KernelStartError, match="could not start the 'no-such-kernel' kernel"):
         loop.run_until_complete(ks.start())
     assert not ks.runtime_dir.exists()
+
+
+def test_a_zero_shutdown_grace_kills_the_kernel_and_cleans_up():
+    async def main():
+        ks = KernelSession(shutdown_grace=0)
+        await ks.start()
+        assert (await ks.execute("x = 1")).status == "ok"
+        pid, runtime_dir = ks.pid, ks.runtime_dir
+        await ks.shutdown()
+        return pid, runtime_dir
+
+    pid, runtime_dir = asyncio.run(main())
+    assert not Path(f"/proc/{pid}").exists()
+    assert not runtime_dir.exists()
