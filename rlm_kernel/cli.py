@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TextIO
 from . import __version__, demo, replay
 from .errors import NotebookFormatError, UsageError
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
-from .run import RLM
+from .run import RLM, recorded_models
 from .types import Limits, RunResult
 
 EXIT_OK, EXIT_NO_ANSWER, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--dir", type=Path, default=Path("rlm-demo"), help="where to write the files")
     _limit_args(dm)
     _output_args(dm)
+
+    rs = sub.add_parser("resume", help="fork a recorded run at a step and continue it live")
+    rs.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
+    rs.add_argument("--from-step", type=int, required=True, help="the first step to redo")
+    rs.add_argument("--model", help="root model, PROVIDER:MODEL (default: the run's)")
+    rs.add_argument("--sub-model", help="sub-model, PROVIDER:MODEL (default: the run's)")
+    _limit_args(rs)
+    _output_args(rs)
 
     rp = sub.add_parser("replay", help="run a recorded notebook again and compare (no API key)")
     rp.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
@@ -230,7 +238,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if report.status == "reproduced" else EXIT_NO_ANSWER
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "replay": cmd_replay}
+def cmd_resume(args: argparse.Namespace) -> int:
+    root, sub = recorded_models(args.notebook)
+    rlm = _rlm(args, args.model or root, args.sub_model or sub)
+    result = asyncio.run(rlm.aresume(args.notebook, args.from_step, out=args.out))
+    return _report(result, args)
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "replay": cmd_replay, "resume": cmd_resume}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(
-            "rlm-kernel: interrupted; the notebook was saved with status 'interrupted'",
+            "rlm-kernel: interrupted (a run's notebook is kept, with status 'interrupted')",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

@@ -63,7 +63,9 @@ class ContextInfo:
                 f"the context has {self.chars:,} characters, too many to embed in the notebook "
                 f"(the limit is {EMBED_LIMIT_CHARS:,}); keep it as a file beside the notebook"
             )
-        return self.path.read_text(encoding="utf-8")
+        # Bytes, then decode: universal-newline reading would turn CRLF into LF and the text
+        # would no longer match the file's fingerprint.
+        return self.path.read_bytes().decode("utf-8")
 
     def to_metadata(self, notebook_dir: Path) -> dict[str, Any]:
         """The notebook's ``metadata.rlm.context``, with the path relative to the notebook."""

@@ -15,7 +15,8 @@ The class tree::
     ├── CellTimeoutError (TimeoutError)
     ├── BudgetExceeded (RuntimeError)      carries the limit, what was spent and the budget
     ├── BridgeError (ConnectionError)
-    └── NotebookFormatError (ValueError)   not a valid rlm-kernel run notebook
+    ├── NotebookFormatError (ValueError)   not a valid rlm-kernel run notebook
+    └── ReplayDiverged (RuntimeError)      re-running recorded code did not give what was recorded
 
 Code running inside the kernel sees the kernel-side twins defined in ``runtime.py``
 (``SubcallError``, ``BudgetExceeded``, ``ReplayMiss``), which import nothing from here.
@@ -111,3 +112,7 @@ class BridgeError(RLMKernelError, ConnectionError):
 
 class NotebookFormatError(RLMKernelError, ValueError):
     """A notebook that is not a valid rlm-kernel run record."""
+
+
+class ReplayDiverged(RLMKernelError, RuntimeError):
+    """Re-running a recorded run's code did not reproduce what the record says."""

@@ -563,7 +563,7 @@ _ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+\b")
 _CELL_REF = re.compile(r"\b(Cell In|Input In) ?\[\d+\]")
 _KERNEL_FILE = re.compile(r"ipykernel_\d+[/\\]\d+\.py")
 _TIMING_LINE = re.compile(r"^(CPU times:|Wall time:)|per loop \(mean ± std\. dev\. of")
-_DURATION = re.compile(r"\d+(?:[.,]\d+)*\s*(?:ns|µs|us|ms|s|min|h)\b")
+_DURATION = re.compile(r"\d+(?:[.,]\d+)*\s*(?:ns|[µμu]s|ms|s|min|h)\b")
 
 
 def normalize_text(text: str) -> str:
@@ -589,8 +589,22 @@ def _is_note(output: Mapping[str, Any]) -> bool:
     return isinstance(rlm, dict) and NOTE_KEY in rlm
 
 
+def _frames_only(output: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An error output whose traceback keeps the first line of each entry.
+
+    That is the frame headers (``Cell In[…], line 9``, ``File …:8, in f(x)``) and the exception
+    line; the source excerpts IPython prints around each frame vary with its version and
+    settings (e.g. how many lines of context a temporary cell file gets).
+    """
+    if output.get("output_type") != "error":
+        return output
+    heads = [strip_ansi(str(entry)).split("\n", 1)[0] for entry in output.get("traceback", [])]
+    heads = [" ".join(h.split()) for h in heads if h.strip("- ")]
+    return {**output, "traceback": heads}
+
+
 def _compared_text(outputs: Iterable[Mapping[str, Any]]) -> str:
-    return normalize_text(render_text([o for o in outputs if not _is_note(o)]))
+    return normalize_text(render_text([_frames_only(o) for o in outputs if not _is_note(o)]))
 
 
 def _finals(outputs: Iterable[Mapping[str, Any]]) -> list[str]:

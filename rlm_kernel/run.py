@@ -19,15 +19,25 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import notebook as notebook_io
 from . import parse, prompts, runtime
 from .bridge import BridgeServer
 from .budget import Budget
 from .context import ContextInfo, ContextInput, prepare
-from .errors import BudgetExceeded, ModelError, OutputPathError, RLMKernelError, UsageError
+from .errors import (
+    BudgetExceeded,
+    ModelError,
+    NotebookFormatError,
+    OutputPathError,
+    ReplayDiverged,
+    RLMKernelError,
+    UsageError,
+)
 from .kernel import ExecResult, KernelSession
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
 from .notebook import Recorder
 from .outputs import render_text, truncate
+from .replay import ReplayBook, resolve_context
 from .types import Completion, Limits, Message, RunResult, Status, SubcallRecord
 
 T = TypeVar("T")
@@ -150,6 +160,38 @@ class RLM:
         """
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty; ask something about the context")
+        return await self._start(question.strip(), context, notebook, origin=None)
+
+    async def aresume(
+        self,
+        notebook: str | os.PathLike,
+        from_step: int,
+        out: str | os.PathLike | None = None,
+    ) -> RunResult:
+        """Fork a recorded run at ``from_step``: replay the steps before it, then go on live.
+
+        The kernel's state is rebuilt by running the recorded code of steps ``1 .. from_step - 1``
+        with their sub-calls answered from the record; the root model's conversation is rebuilt
+        from the recorded replies and what the model was shown. From ``from_step`` on, this
+        RLM's models answer. The new notebook (``out``, by default ``<name>-from-<K>.ipynb``
+        beside the parent) starts with copies of the parent's earlier steps and records
+        ``parent {notebook, run_id, step}``.
+
+        Raises:
+            UsageError: the notebook is not a run notebook, its context is missing or altered,
+                or ``from_step`` is not one of its steps.
+        """
+        origin = _Origin.load(Path(notebook), from_step)
+        target = Path(out) if out else origin.default_out()
+        return await self._start(origin.question, origin.context, target, origin=origin)
+
+    async def _start(
+        self,
+        question: str,
+        context: ContextInput,
+        notebook: str | os.PathLike | None,
+        origin: _Origin | None,
+    ) -> RunResult:
         run_id = uuid.uuid4().hex[:12]
         root = resolve(self.model)
         sub = resolve(self.sub_model)
@@ -160,13 +202,72 @@ class RLM:
             context_meta = info.to_metadata(nb_path.parent)
             if self.embed_context:
                 context_meta["embedded"] = info.embedded_text()
-            run = _Run(self, question.strip(), info, context_meta, nb_path, run_id, root, sub)
+            run = _Run(self, question, info, context_meta, nb_path, run_id, root, sub, origin)
         except BaseException:
             await close_models([root, sub])
             raise
         return await run.execute()
 
     run = run_sync(arun)
+    resume = run_sync(aresume)
+
+
+def recorded_models(notebook: str | os.PathLike) -> tuple[str, str]:
+    """The root and sub-model names a run notebook records.
+
+    Raises:
+        UsageError: the file is not a run notebook.
+    """
+    try:
+        models = notebook_io.load(notebook).metadata.rlm.get("models") or {}
+    except NotebookFormatError as e:
+        raise UsageError(str(e)) from None
+    return str(models.get("root") or DEFAULT_ROOT_MODEL), str(
+        models.get("sub") or DEFAULT_SUB_MODEL
+    )
+
+
+@dataclasses.dataclass
+class _Origin:
+    """A recorded run that a new run forks from, at ``step``."""
+
+    path: Path
+    meta: dict[str, Any]
+    step: int
+    prefix: list[dict[str, Any]]  # notebook.steps() entries before ``step``
+    book: ReplayBook
+    context: ContextInput
+
+    @classmethod
+    def load(cls, path: Path, step: int) -> _Origin:
+        try:
+            nb = notebook_io.load(path)
+        except NotebookFormatError as e:
+            raise UsageError(str(e)) from None
+        meta = dict(nb.metadata.rlm)
+        recorded = notebook_io.steps(nb)
+        numbers = [s["step"] for s in recorded if s["code_cells"] or s["markdown_cell"]]
+        if not numbers or not 1 <= step <= max(numbers):
+            last = max(numbers) if numbers else 0
+            raise UsageError(f"--from-step must be between 1 and {last} for {path}, not {step}")
+        found = resolve_context(meta, path.parent)
+        context: ContextInput = found.path if found.path is not None else found.value()
+        prefix = [s for s in recorded if s["step"] < step]
+        return cls(path, meta, step, prefix, ReplayBook.from_notebook(nb), context)
+
+    @property
+    def question(self) -> str:
+        return str(self.meta.get("question") or "")
+
+    def default_out(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}-from-{self.step}.ipynb")
+
+    def parent_record(self, new_notebook: Path) -> dict[str, Any]:
+        return {
+            "notebook": Path(os.path.relpath(self.path.resolve(), new_notebook.parent)).as_posix(),
+            "run_id": self.meta.get("run_id"),
+            "step": self.step,
+        }
 
 
 class _Run:
@@ -182,8 +283,11 @@ class _Run:
         run_id: str,
         root: LLM,
         sub: LLM,
+        origin: _Origin | None = None,
     ) -> None:
         self.rlm = rlm
+        self.origin = origin
+        self.replaying = False
         self.limits = rlm.limits
         self.question = question
         self.info = info
@@ -214,13 +318,15 @@ class _Run:
                 "system_prompt": self.system,
                 "context": context_meta,
                 "started": _now(),
-                "parent": None,
+                "parent": origin.parent_record(nb_path) if origin else None,
             },
         )
 
     # -- the bridge calls these (bridge.SubcallHandler) -------------------------------------
 
     async def subcall(self, prompt: str, *, model: str | None, kind: str) -> str:
+        if self.replaying and self.origin is not None:
+            return self.origin.book.answer(prompt)
         self.budget.reserve_subcall()
         llm = self._model(model)
         self.subcall_ids += 1
@@ -239,7 +345,8 @@ class _Run:
                 [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
             )
         except ModelError as e:
-            record.error, record.retries = str(e), e.retries
+            # The text the kernel's code saw (the bridge prefixes the class name).
+            record.error, record.retries = f"{type(e).__name__}: {e}", e.retries
             raise
         except Exception as e:
             record.error = f"{type(e).__name__}: {e}"
@@ -320,7 +427,8 @@ class _Run:
         )
 
     async def _loop(self, ks: KernelSession) -> tuple[str | None, str]:
-        for step in range(1, self.limits.max_steps + 1):
+        first = await self._replay_prefix(ks) if self.origin else 1
+        for step in range(first, self.limits.max_steps + 1):
             if stop := self.budget.exhausted():
                 return None, stop
             try:
@@ -371,6 +479,60 @@ class _Run:
                 }
             )
         return await self._last_call(ks), "max_steps"
+
+    async def _replay_prefix(self, ks: KernelSession) -> int:
+        """Re-run the parent's steps before the fork; return the first step to take live."""
+        assert self.origin is not None
+        self.replaying = True
+        try:
+            for entry in self.origin.prefix:
+                step, md = entry["step"], entry["markdown_cell"]
+                raw = md.metadata.rlm.get("raw", "") if md is not None else ""
+                if md is not None:
+                    self.recorder.add_step(
+                        step=step,
+                        markdown=md.source.split("\n\n", 1)[-1],
+                        raw=raw,
+                        usage=md.metadata.rlm.get("usage") or {},
+                        latency_s=md.metadata.rlm.get("latency_s") or 0.0,
+                    )
+                reports = [await self._replay_cell(ks, cell) for cell in entry["code_cells"]]
+                self.messages.append({"role": "assistant", "content": raw})
+                feedback = prompts.feedback(reports, step=step, max_steps=self.limits.max_steps)
+                self.messages.append({"role": "user", "content": feedback})
+                self.steps = step
+        finally:
+            self.replaying = False
+            self.final_value = None  # an answer the parent gave later does not count here
+        self._update_meta()
+        self.recorder.save()
+        return self.origin.step
+
+    async def _replay_cell(self, ks: KernelSession, cell: Any) -> prompts.BlockReport:
+        rlm = cell.metadata.rlm
+        recorded = rlm.get("exec") or {}
+        result = await ks.execute(cell.source, timeout=self.budget.cell_timeout())
+        if result.status != recorded.get("status"):
+            raise ReplayDiverged(
+                f"replaying step {rlm.get('step')}, block {rlm.get('block')} of "
+                f"{self.origin.path if self.origin else 'the parent run'} ended {result.status}, "
+                f"the recorded run {recorded.get('status')}: the kernel's state cannot be rebuilt"
+            )
+        self.recorder.add_code(
+            step=rlm["step"],
+            block=rlm["block"],
+            source=cell.source,
+            outputs=cell.outputs,
+            execution_count=cell.execution_count,
+            exec=dict(recorded),
+            subcalls=list(rlm.get("subcalls") or []),
+            tags=[t for t in cell.metadata.get("tags", []) if t != "rlm-code"],
+        )
+        return prompts.BlockReport(
+            status=str(recorded.get("status")),
+            shown=str(recorded.get("shown", "")),
+            output_chars=int(recorded.get("output_chars") or 0),
+        )
 
     async def _ask_root(self, messages: list[Message] | None = None) -> Completion:
         self.budget.check_time()

@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
         "outputs",
         "parse",
         "prompts",
+        "replay",
         "runtime",
         "types",
     },

@@ -37,6 +37,26 @@ print(result)
 FINAL_VAR(result)"""
 
 
+ERRORS = """Failures and volatile output.
+```repl
+class Thing:
+    pass
+print(Thing())
+try:
+    llm_query("please fail")
+except Exception as e:
+    print(type(e).__name__, e)
+def f(x):
+    return 1 / x
+f(0)
+```"""
+TIMED = """```repl
+%time total = sum(range(1000))
+print(total)
+```
+FINAL(done)"""
+
+
 def scripted_root(*replies: str):
     def root(messages):
         return replies[sum(m["role"] == "assistant" for m in messages)]
@@ -50,6 +70,8 @@ def sub(messages):
         return f"words={len(prompt.split()) - 2}"
     if prompt.startswith("What is six"):
         return "42"
+    if prompt == "please fail":
+        raise ValueError("the sub-model refuses")
     return "a text about " + prompt.split()[1]
 
 
@@ -74,7 +96,8 @@ def recorded(tmp_path_factory) -> dict[str, Path]:
                 "The sub-model agrees.\n\nFINAL(42)",
             ),
         )
-    return {"words": words, "literal": literal}
+        errors = record(base / "errors", scripted_root(ERRORS, TIMED))
+    return {"words": words, "literal": literal, "errors": errors}
 
 
 def copy_run(nb_path: Path, dest: Path) -> Path:
@@ -219,6 +242,16 @@ def test_a_plain_text_final_answer_is_taken_from_the_record(recorded, capsys):
     assert "step 1.1: same" in err
     assert "reproduced: 1 of 1 cells the same, the answer matches" in err
     assert "taken from the record" in err
+
+
+def test_failures_addresses_and_timings_replay_the_same(recorded, capsys):
+    recorded_nb = nbformat.read(recorded["errors"], 4)
+    printed = code_cell(recorded_nb, 1)["outputs"][0]["text"]
+    assert "SubcallError ValueError: the sub-model refuses" in printed
+    assert " object at 0x" in printed
+    code, report = replay_json(capsys, str(recorded["errors"]))
+    assert code == 0, report
+    assert [c["result"] for c in report["cells"]] == ["same", "same"]
 
 
 def test_an_edited_response_makes_its_cell_differ(recorded, tmp_path, capsys):
