@@ -10,6 +10,7 @@ from .errors import (
     UnknownProviderError,
     UsageError,
 )
+from .context import ContextWarning
 from .llm import LLM, register_provider
 from .run import RLM
 from .types import Completion, Limits, RunResult, Usage
@@ -31,6 +32,7 @@ __all__ = [
     "BudgetExceeded",
     "Completion",
     "ContextError",
+    "ContextWarning",
     "Limits",
     "MissingAPIKeyError",
     "ModelError",

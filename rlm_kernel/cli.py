@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -248,6 +249,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "replay": cmd_replay, "resume": cmd_resume}
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"rlm-kernel: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rlm-kernel``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -255,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"rlm-kernel: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,6 +20,12 @@ from typing import Any, Literal
 from .errors import ContextError
 
 PREVIEW_CHARS = 500
+
+
+class ContextWarning(UserWarning):
+    """Something about the context the user should know, e.g. bytes that were not UTF-8."""
+
+
 EMBED_LIMIT_CHARS = 1_000_000  # the largest context a notebook carries inside itself
 ContextInput = str | list | dict | os.PathLike | Sequence[os.PathLike]
 

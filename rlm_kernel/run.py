@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from . import notebook as notebook_io
 from . import parse, prompts, runtime
 from .bridge import BridgeServer
 from .budget import Budget
-from .context import ContextInfo, ContextInput, prepare
+from .context import ContextInfo, ContextInput, ContextWarning, prepare
 from .errors import (
     BudgetExceeded,
     ModelError,
@@ -199,6 +200,8 @@ class RLM:
             nb_path = Path(notebook) if notebook else default_notebook_path(run_id)
             nb_path = check_notebook_path(nb_path)
             info = prepare(context, nb_path.with_suffix(""))
+            for message in info.warnings:
+                warnings.warn(message, ContextWarning, stacklevel=3)
             context_meta = info.to_metadata(nb_path.parent)
             if self.embed_context:
                 context_meta["embedded"] = info.embedded_text()
@@ -445,6 +448,7 @@ class _Run:
                 raw=text,
                 usage=completion.usage.to_dict(),
                 latency_s=round(completion.latency_s, 4),
+                extra=_completion_extra(completion),
             )
             await run_hook(
                 self.rlm.hooks["on_step"],
@@ -608,7 +612,7 @@ class _Run:
             raw=completion.text,
             usage=completion.usage.to_dict(),
             latency_s=round(completion.latency_s, 4),
-            extra={"last_call": True},
+            extra={"last_call": True, **_completion_extra(completion)},
         )
         self.messages.extend(messages[-1:])
         self.messages.append({"role": "assistant", "content": completion.text})
@@ -633,6 +637,15 @@ async def close_models(models: Iterable[LLM]) -> None:
         aclose = getattr(llm, "aclose", None)
         if aclose is not None:
             await run_hook(aclose)
+
+
+def _completion_extra(completion: Completion) -> dict[str, Any]:
+    return {
+        "model": completion.model,
+        "cost_usd": completion.cost_usd,
+        "retries": completion.retries,
+        "stop_reason": completion.stop_reason,
+    }
 
 
 def _code_marker(step: int, block: int) -> str:

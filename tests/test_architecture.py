@@ -13,7 +13,7 @@ PACKAGE = Path(rlm_kernel.__file__).parent
 
 # What each module may import from the package. Anything not listed imports nothing of ours.
 ALLOWED: dict[str, set[str]] = {
-    "__init__": {"errors", "llm", "magic", "run", "types"},
+    "__init__": {"context", "errors", "llm", "magic", "run", "types"},
     "__main__": {"cli"},
     "cli": {"__init__", "demo", "errors", "llm", "replay", "run", "types", "testing"},
     "magic": {"errors", "replay"},

@@ -179,3 +179,13 @@ def test_demo_runs_without_a_key(tmp_path, capsys):
     nb = nbformat.read(tmp_path / "demo-run.ipynb", as_version=4)
     assert nb.metadata.rlm.models.root == "anthropic:claude-scripted-root"
     assert Path(nb.metadata.rlm.context.path) == Path("tickets.txt")
+
+
+def test_undecodable_bytes_give_a_one_line_warning(capsys, tmp_path, fake_model_server):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("café au lait".encode("latin-1"))
+    fake_model_server.add_model("root", ScriptedModel(["FINAL(ok)"]))
+    argv = ["run", "--question", "q", "--context", str(latin), "--out", str(tmp_path / "w.ipynb")]
+    assert main([*argv, "--model", "anthropic:root", "--sub-model", "anthropic:root"]) == 0
+    err = capsys.readouterr().err
+    assert "rlm-kernel: warning:" in err and "not valid UTF-8" in err
