@@ -1,5 +1,9 @@
 """Recursive Language Models that drive a real Jupyter kernel; every run is a notebook."""
 
+import os as _os
+import typing as _typing
+
+from .context import ContextWarning
 from .errors import (
     BudgetExceeded,
     ContextError,
@@ -10,10 +14,12 @@ from .errors import (
     UnknownProviderError,
     UsageError,
 )
-from .context import ContextWarning
 from .llm import LLM, register_provider
 from .run import RLM
 from .types import Completion, Limits, RunResult, Usage
+
+if _typing.TYPE_CHECKING:
+    from .widgets import RunViewer
 
 __version__ = "0.1.0"
 
@@ -24,6 +30,18 @@ def load_ipython_extension(ipython: object) -> None:
     from .magic import load_ipython_extension as load
 
     load(ipython)
+
+
+def view(path: str | _os.PathLike[str]) -> "RunViewer":
+    """A widget to step through the run notebook at ``path`` (needs ``rlm-kernel[lab]``).
+
+    Returns:
+        A :class:`rlm_kernel.widgets.RunViewer`, an ipywidgets box: display it in Jupyter.
+    """
+    # Imported here: ipywidgets is an optional extra, needed only to show a run.
+    from .widgets import RunViewer
+
+    return RunViewer(path)
 
 
 __all__ = [
@@ -45,4 +63,5 @@ __all__ = [
     "__version__",
     "load_ipython_extension",
     "register_provider",
+    "view",
 ]

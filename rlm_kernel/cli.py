@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import warnings
@@ -14,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import __version__, demo, replay
+from . import __version__, bundle, demo, replay, viewer
 from .errors import NotebookFormatError, UsageError
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
 from .run import RLM, recorded_models
@@ -122,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
     rp.add_argument("--out", type=Path, help="write a copy with the replayed outputs")
     rp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    vw = sub.add_parser("view", help="summarize a run in the terminal, or export offline HTML")
+    vw.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
+    vw.add_argument("--html", type=Path, metavar="OUT.html", help="write a self-contained viewer")
+
+    bd = sub.add_parser("bundle", help="write a folder that shares a run (replays on Binder)")
+    bd.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
+    bd.add_argument("dir", type=Path, help="the folder to write (new or empty)")
+    bd.add_argument("--repo", help="GitHub OWNER/NAME the folder goes to: print its Binder URL")
+    bd.add_argument("--ref", help="branch, tag or commit for the Binder URL (default HEAD)")
     return parser
 
 
@@ -137,6 +148,8 @@ def _question(args: argparse.Namespace) -> str:
         return args.question_file.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read question file {args.question_file}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"question file {args.question_file} is not UTF-8 text") from None
 
 
 def _execute(rlm: RLM, question: str, context: Any, out: Path | None) -> RunResult:
@@ -246,7 +259,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _report(result, args)
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "replay": cmd_replay, "resume": cmd_resume}
+def cmd_view(args: argparse.Namespace) -> int:
+    try:
+        if args.html is None:
+            width = max(shutil.get_terminal_size().columns, 60)
+            print(viewer.summarize(args.notebook, width=width), end="")
+        else:
+            print(viewer.export_html(args.notebook, args.html))
+    except NotebookFormatError as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    made = bundle.bundle_run(args.notebook, args.dir, repo=args.repo, ref=args.ref)
+    print(made.describe(), file=sys.stderr)
+    print(made.binder_url or made.dir)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "replay": cmd_replay,
+    "resume": cmd_resume,
+    "bundle": cmd_bundle,
+    "view": cmd_view,
+}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -266,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"rlm-kernel: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # e.g. the disk filled up while the notebook was being written
+        print(f"rlm-kernel: error: {e}", file=sys.stderr)
+        return EXIT_NO_ANSWER
     except KeyboardInterrupt:
         print(
             "rlm-kernel: interrupted (a run's notebook is kept, with status 'interrupted')",

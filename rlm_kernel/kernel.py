@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import enum
+import functools
 import inspect
 import os
 import pathlib
 import queue
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -75,6 +78,27 @@ _SHUTDOWN_GRACE = 0.5
 _EXIT_POLL = 0.005
 # Unix socket paths are limited to about 107 bytes; ours are "<runtime_dir>/k-<n>".
 _MAX_RUNTIME_DIR_LEN = 90
+
+
+_PR_SET_DUMPABLE = 4
+
+
+@functools.cache
+def protect_host_memory() -> bool:
+    """Stop processes of the same user, such as our kernels, from reading this process's memory.
+
+    The kernel's environment holds no secrets, but the host's does (API keys), and on Linux a
+    process of the same user can read ``/proc/<host pid>/environ`` and ``/mem``. Marking the host
+    non-dumpable (as ssh-agent does) makes those files unreadable to other processes of the user.
+    It cannot stop root, and it also disables core dumps of the host. Returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def kernel_env(
@@ -330,6 +354,7 @@ class KernelSession:
         return self._lock
 
     async def _launch(self) -> None:
+        protect_host_memory()
         self.cwd.mkdir(parents=True, exist_ok=True)
         ipython_dir = self.runtime_dir / "ipython"
         ipython_dir.mkdir(exist_ok=True)
@@ -373,11 +398,11 @@ class KernelSession:
             result = await self._execute(
                 self.setup_code,
                 timeout=self.startup_timeout,
-                max_output_bytes=100_000,
                 silent=True,
                 store_history=False,
                 on_output=None,
                 recover=False,
+                collector=OutputCollector(100_000),
             )
             if result.status != "ok":
                 ename, evalue = result.error or ("Error", "")
@@ -461,6 +486,7 @@ class KernelSession:
         silent: bool = False,
         store_history: bool = True,
         on_output: Callable[[dict[str, Any]], Any] | None = None,
+        collector: OutputCollector | None = None,
     ) -> ExecResult:
         """Run ``code`` in the kernel and collect its outputs.
 
@@ -472,6 +498,8 @@ class KernelSession:
             silent: run without publishing results or counting the execution.
             store_history: count the execution in the kernel's history.
             on_output: called with each output iopub message as it arrives (may be async).
+            collector: where outputs go, for a caller that wants its own settings (then
+                ``max_output_bytes`` is not used); the result's outputs come from it.
 
         Returns:
             The result; a dead kernel gives status ``kernel_died`` and is restarted.
@@ -486,11 +514,11 @@ class KernelSession:
             return await self._execute(
                 code,
                 timeout=timeout,
-                max_output_bytes=max_output_bytes,
                 silent=silent,
                 store_history=store_history,
                 on_output=on_output,
                 recover=True,
+                collector=collector or OutputCollector(max_output_bytes),
             )
 
     async def _execute(
@@ -498,15 +526,14 @@ class KernelSession:
         code: str,
         *,
         timeout: float | None,
-        max_output_bytes: int,
         silent: bool,
         store_history: bool,
         on_output: Callable[[dict[str, Any]], Any] | None,
         recover: bool,
+        collector: OutputCollector,
     ) -> ExecResult:
         km, kc = self._km, self._kc
         assert km is not None and kc is not None
-        collector = OutputCollector(max_output_bytes)
         started = time.monotonic()
         msg_id = kc.execute(
             code, silent=silent, store_history=store_history, allow_stdin=False, stop_on_error=False

@@ -73,17 +73,27 @@ class OutputCollector:
     Error outputs are what a reader needs most, so they have an allowance of their own (also
     ``max_bytes``): an oversized traceback keeps its last lines rather than being dropped.
 
+    Args:
+        max_bytes: output kept for the notebook.
+        tail_chars: how much of the dropped stream text to keep in :attr:`dropped_tail`, so a
+            reader of a huge output still sees how it ended.
+
     Attributes:
         total_bytes: size of all output seen, including what was dropped.
         truncated: whether some output was dropped because of the cap.
+        dropped_chars: characters of stream text dropped because of the cap.
+        dropped_tail: the last ``tail_chars`` characters of that dropped text.
     """
 
-    def __init__(self, max_bytes: int = 1_000_000) -> None:
+    def __init__(self, max_bytes: int = 1_000_000, *, tail_chars: int = 0) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
         self.max_bytes = max_bytes
+        self.tail_chars = tail_chars
         self.total_bytes = 0
         self.truncated = False
+        self.dropped_chars = 0
+        self.dropped_tail = ""
         self._outputs: list[Any] = []
         self._kept_bytes = 0
         self._error_bytes = 0
@@ -129,6 +139,11 @@ class OutputCollector:
         self._dropped_bytes += size
         self.truncated = True
 
+    def _drop_text(self, text: str) -> None:
+        self.dropped_chars += len(text)
+        if self.tail_chars:
+            self.dropped_tail = (self.dropped_tail + text)[-self.tail_chars :]
+
     def _append(self, output: Any, display_id: str | None) -> None:
         size = _output_bytes(output)
         self.total_bytes += size
@@ -138,9 +153,13 @@ class OutputCollector:
         room = self.max_bytes - self._kept_bytes
         if size > room:
             if output["output_type"] != "stream" or room <= 0:
+                if output["output_type"] == "stream":
+                    self._drop_text(output["text"])
                 self._drop(size)
                 return
-            output["text"] = _cut_utf8(output["text"], room)
+            text = output["text"]
+            output["text"] = _cut_utf8(text, room)
+            self._drop_text(text[len(output["text"]) :])
             self._drop(size - _text_bytes(output["text"]))
             size = room  # the cap is reached: a character cut short leaves no room for more
         self._kept_bytes += size

@@ -106,15 +106,35 @@ def first_message(question: str) -> str:
     return FIRST_MESSAGE.format(question=question)
 
 
-def feedback(reports: Sequence[BlockReport], *, step: int, max_steps: int) -> str:
+FINAL_REJECTED_NOTE = """\
+Your FINAL(...) was not accepted: a block of the same reply did not run cleanly, so the answer \
+was written without seeing its result. Look at the output above, then answer again."""
+
+CUT_OFF_NOTE = """\
+Your reply was cut off at the output-token limit (an unfinished code block does not run). \
+Write shorter replies: keep long text in variables, not in your messages."""
+
+
+def feedback(
+    reports: Sequence[BlockReport],
+    *,
+    step: int,
+    max_steps: int,
+    final_rejected: bool = False,
+    cut_off: bool = False,
+) -> str:
     """The user turn that follows a reply: each block's status and (truncated) output."""
+    notes = [CUT_OFF_NOTE] if cut_off else []
     if not reports:
-        return NO_CODE_MESSAGE
+        return "\n\n".join([*notes, NO_CODE_MESSAGE])
     parts = []
     for n, r in enumerate(reports, start=1):
         header = f"Block {n} ({r.status}, {r.output_chars:,} characters of output):"
         body = r.shown if r.shown.strip() else "(no output)"
         parts.append(f"{header}\n```\n{body}\n```")
+    if final_rejected:
+        parts.append(FINAL_REJECTED_NOTE)
+    parts.extend(notes)
     left = max_steps - step
     parts.append(
         f"{left} repl step{'s' if left != 1 else ''} left. Continue, or finish with FINAL(...)."

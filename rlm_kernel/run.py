@@ -37,7 +37,7 @@ from .errors import (
 from .kernel import ExecResult, KernelSession
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
 from .notebook import Recorder
-from .outputs import render_text, truncate
+from .outputs import OutputCollector, render_text, truncate
 from .replay import ReplayBook, resolve_context
 from .types import Completion, Limits, Message, RunResult, Status, SubcallRecord
 
@@ -195,8 +195,9 @@ class RLM:
     ) -> RunResult:
         run_id = uuid.uuid4().hex[:12]
         root = resolve(self.model)
-        sub = resolve(self.sub_model)
+        sub: LLM | None = None
         try:
+            sub = resolve(self.sub_model)
             nb_path = Path(notebook) if notebook else default_notebook_path(run_id)
             nb_path = check_notebook_path(nb_path)
             info = prepare(context, nb_path.with_suffix(""))
@@ -207,7 +208,7 @@ class RLM:
                 context_meta["embedded"] = info.embedded_text()
             run = _Run(self, question, info, context_meta, nb_path, run_id, root, sub, origin)
         except BaseException:
-            await close_models([root, sub])
+            await close_models([m for m in (root, sub) if m is not None])
             raise
         return await run.execute()
 
@@ -413,8 +414,12 @@ class _Run:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self._update_meta()
-            self.recorder.finish(status=status, stop_reason=stop_reason, answer=answer, error=error)
-            await close_models(self.models.values())
+            try:
+                self.recorder.finish(
+                    status=status, stop_reason=stop_reason, answer=answer, error=error
+                )
+            finally:
+                await close_models(self.models.values())
         return RunResult(
             answer=answer,
             status=status,
@@ -440,7 +445,8 @@ class _Run:
                 return None, "timeout"
             self.steps = step
             text = completion.text
-            self.messages.append({"role": "assistant", "content": text})
+            # The API refuses an empty assistant turn in the history.
+            self.messages.append({"role": "assistant", "content": text or "(empty reply)"})
             blocks = parse.code_blocks(text)
             self.recorder.add_step(
                 step=step,
@@ -462,11 +468,17 @@ class _Run:
                 elapsed_s=self.budget.elapsed(),
             )
             reports = []
+            # The blocks of one reply share the output budget, so a reply with many blocks
+            # cannot grow the next prompt by more than max_output_chars.
+            share = self.limits.max_output_chars // max(1, len(blocks))
             for n, block in enumerate(blocks, start=1):
-                reports.append(await self._run_block(ks, step, n, block.code))
+                reports.append(await self._run_block(ks, step, n, block.code, limit=share))
                 if self.final_value is not None:
                     break
-            if self.final_value is None and (found := parse.final_answer(text)):
+            found = parse.final_answer(text) if self.final_value is None else None
+            # An answer written next to code that failed was written blind: show the error.
+            rejected = found is not None and any(r.status != "ok" for r in reports)
+            if found is not None and not rejected:
                 await self._take_final(ks, step, len(reports) + 1, found, reports)
             self._update_meta()
             self.recorder.save()
@@ -474,14 +486,14 @@ class _Run:
                 return self.final_value, "final"
             if stop := self.budget.exhausted():
                 return None, stop
-            self.messages.append(
-                {
-                    "role": "user",
-                    "content": prompts.feedback(
-                        reports, step=step, max_steps=self.limits.max_steps
-                    ),
-                }
+            feedback = prompts.feedback(
+                reports,
+                step=step,
+                max_steps=self.limits.max_steps,
+                final_rejected=rejected,
+                cut_off=completion.stop_reason in _CUT_OFF,
             )
+            self.messages.append({"role": "user", "content": feedback})
         return await self._last_call(ks), "max_steps"
 
     async def _replay_prefix(self, ks: KernelSession) -> int:
@@ -493,12 +505,14 @@ class _Run:
                 step, md = entry["step"], entry["markdown_cell"]
                 raw = md.metadata.rlm.get("raw", "") if md is not None else ""
                 if md is not None:
+                    recorded = dict(md.metadata.rlm)
                     self.recorder.add_step(
                         step=step,
                         markdown=md.source.split("\n\n", 1)[-1],
                         raw=raw,
-                        usage=md.metadata.rlm.get("usage") or {},
-                        latency_s=md.metadata.rlm.get("latency_s") or 0.0,
+                        usage=recorded.pop("usage", None) or {},
+                        latency_s=recorded.pop("latency_s", None) or 0.0,
+                        extra={k: v for k, v in recorded.items() if k not in _STEP_KEYS},
                     )
                 reports = [await self._replay_cell(ks, cell) for cell in entry["code_cells"]]
                 self.messages.append({"role": "assistant", "content": raw})
@@ -552,18 +566,26 @@ class _Run:
         return completion
 
     async def _run_block(
-        self, ks: KernelSession, step: int, block: int, code: str, tags: tuple[str, ...] = ()
+        self,
+        ks: KernelSession,
+        step: int,
+        block: int,
+        code: str,
+        tags: tuple[str, ...] = (),
+        limit: int | None = None,
     ) -> prompts.BlockReport:
         self.cell_subcalls = []
-        result = await ks.execute(
-            code,
-            timeout=self.budget.cell_timeout(),
-            max_output_bytes=self.limits.max_cell_output_bytes,
-        )
+        # The notebook keeps the first max_cell_output_bytes; the collector also keeps the end
+        # of what went past that, so the model is shown the real head and tail.
+        limit = limit or self.limits.max_output_chars
+        collector = OutputCollector(self.limits.max_cell_output_bytes, tail_chars=limit)
+        result = await ks.execute(code, timeout=self.budget.cell_timeout(), collector=collector)
         full = render_text(result.outputs)
-        shown = truncate(full, self.limits.max_output_chars) + _status_note(result)
-        # Past the notebook's cap only the size is known: report what the code produced.
-        produced = max(len(full), result.output_bytes)
+        kept = render_text(result.outputs[:-1]) if collector.truncated else full  # no marker
+        if collector.dropped_tail:
+            full += f"...\n{collector.dropped_tail}"
+        shown = truncate(full, limit) + _status_note(result)
+        produced = len(kept) + collector.dropped_chars
         self.recorder.add_code(
             step=step,
             block=block,
@@ -605,7 +627,7 @@ class _Run:
             completion = await self._ask_root(messages)
         except BudgetExceeded:
             return None
-        step = self.steps + 1
+        step = self.steps = self.steps + 1
         self.recorder.add_step(
             step=step,
             markdown=parse.prose(completion.text, lambda n: "*[code not run: no steps left]*"),
@@ -637,6 +659,10 @@ async def close_models(models: Iterable[LLM]) -> None:
         aclose = getattr(llm, "aclose", None)
         if aclose is not None:
             await run_hook(aclose)
+
+
+_STEP_KEYS = frozenset({"step", "role", "raw"})  # set by Recorder.add_step itself
+_CUT_OFF = frozenset({"max_tokens", "length"})  # stop reasons of a reply cut at the token limit
 
 
 def _completion_extra(completion: Completion) -> dict[str, Any]:

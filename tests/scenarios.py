@@ -175,7 +175,7 @@ BIG_OUTPUT = Scenario(
     question="How long is the context?",
     make_context=lambda d: _write(d / "small.txt", "hello"),
     root=[
-        "```repl\nprint('z' * 2_000_000)\n```",
+        "```repl\nprint('z' * 2_000_000)\nprint('THE END')\n```",
         "```repl\nprint(len(context))\n```\nFINAL(5)",
     ],
     expected=lambda d: "5",

@@ -13,10 +13,24 @@ PACKAGE = Path(rlm_kernel.__file__).parent
 
 # What each module may import from the package. Anything not listed imports nothing of ours.
 ALLOWED: dict[str, set[str]] = {
-    "__init__": {"context", "errors", "llm", "magic", "run", "types"},
+    "__init__": {"context", "errors", "llm", "magic", "run", "types", "widgets"},
     "__main__": {"cli"},
-    "cli": {"__init__", "demo", "errors", "llm", "replay", "run", "types", "testing"},
+    "cli": {
+        "__init__",
+        "bundle",
+        "demo",
+        "errors",
+        "llm",
+        "replay",
+        "run",
+        "types",
+        "testing",
+        "viewer",
+    },
+    "bundle": {"__init__", "errors", "notebook", "replay"},
     "magic": {"errors", "replay"},
+    "viewer": {"errors", "llm", "notebook", "types"},
+    "widgets": {"notebook", "viewer"},
     "replay": {"errors", "kernel", "llm", "notebook", "outputs", "parse", "runtime"},
     "demo": {"llm"},
     "run": {

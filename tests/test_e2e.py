@@ -143,7 +143,9 @@ def test_huge_output_is_cut_for_the_model_and_capped_in_the_notebook(
     grew = len(json.dumps(root[1].body)) - len(json.dumps(root[0].body))
     assert 5000 < grew < 5000 + 1500  # the 2 MB print, shown as at most max_output_chars + a note
     first = code_cells(nb)[0]
-    assert first.metadata.rlm.exec.output_chars >= 2_000_001
+    assert first.metadata.rlm.exec.output_chars == 2_000_001 + len("THE END\n")
+    assert first.metadata.rlm.exec.shown.rstrip().endswith("THE END")  # the real tail
+    assert "THE END" in json.dumps(root[1].body)
     kept = sum(len(o.get("text", "")) for o in first.outputs)
     assert kept < 1_100_000 and "truncated" in first.outputs[-1].text
 

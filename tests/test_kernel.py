@@ -399,3 +399,27 @@ def test_a_zero_shutdown_grace_kills_the_kernel_and_cleans_up():
     pid, runtime_dir = asyncio.run(main())
     assert not Path(f"/proc/{pid}").exists()
     assert not runtime_dir.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+def test_the_kernel_cannot_read_the_hosts_environment(monkeypatch):
+    import ctypes
+
+    monkeypatch.setenv("MY_HOST_SECRET", "s3cr3t-value")
+
+    async def main():
+        async with KernelSession() as ks:
+            code = (
+                "import os\n"
+                "try:\n"
+                "    data = open(f'/proc/{os.getppid()}/environ', 'rb').read()\n"
+                "    print('s3cr3t-value' in data.decode(errors='replace'))\n"
+                "except OSError as e:\n"
+                "    print('refused', type(e).__name__)\n"
+            )
+            return (await ks.execute(code)).outputs[0]["text"]
+
+    seen = asyncio.run(main())
+    assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE: the host is protected
+    if os.geteuid() != 0:  # root may read any process's memory; nothing in user space stops it
+        assert seen.startswith("refused"), seen

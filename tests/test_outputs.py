@@ -243,3 +243,13 @@ def test_truncate_keeps_head_and_tail_and_states_the_full_size():
 def test_strip_ansi():
     coloured = "\x1b[0;31mValueError\x1b[0m: bad\x1b]0;title\x07 \x1b[2K\x1b[1Adone"
     assert strip_ansi(coloured) == "ValueError: bad done"
+
+
+def test_the_end_of_dropped_stream_text_is_kept_for_readers():
+    collector = OutputCollector(100, tail_chars=10)
+    for i in range(50):
+        collector.add(msg("stream", name="stdout", text=f"line {i:03d}\n"))
+    assert collector.truncated
+    assert collector.dropped_tail == "\nline 049\n"[-10:]
+    kept = sum(len(o["text"]) for o in collector.outputs[:-1])
+    assert kept + collector.dropped_chars == 50 * len("line 000\n")

@@ -1,0 +1,261 @@
+"""Make a run notebook shareable: a folder that replays anywhere and opens on Binder.
+
+:func:`bundle_run` writes a folder holding a copy of the run notebook, its context file (placed
+where the copy's ``metadata.rlm.context.path`` points, checked against the recorded SHA-256), a
+``binder/requirements.txt`` that installs rlm-kernel and JupyterLab, and a short ``README.md``.
+Push the folder to a GitHub repository and :func:`binder_url` opens the notebook on mybinder.org;
+*Run All* there replays the run without an API key. See ``docs/sharing.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
+import nbformat
+
+from . import __version__, notebook
+from .errors import ContextError, NotebookFormatError, OutputPathError, UsageError
+from .replay import resolve_context
+
+__all__ = ["Bundle", "binder_url", "bundle_run", "requirements"]
+
+BINDER_BASE = "https://mybinder.org/v2/gh"
+_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# Names the bundle itself uses at its top level; a context file must not take them.
+_RESERVED = ("binder", "README.md")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """What :func:`bundle_run` wrote.
+
+    Attributes:
+        dir: the bundle folder.
+        notebook: the copy of the run notebook.
+        context: the copy of the context file, or ``None`` when the notebook carries its context
+            inside itself (``--embed-context``) and no file was found.
+        context_moved: the copy's context path was rewritten (the original lay outside the
+            notebook's folder).
+        requirements: ``binder/requirements.txt``.
+        readme: the folder's ``README.md``.
+        binder_url: the URL opening the notebook on mybinder.org, when a repository was given.
+    """
+
+    dir: Path
+    notebook: Path
+    context: Path | None
+    context_moved: bool
+    requirements: Path
+    readme: Path
+    binder_url: str | None = None
+
+    def describe(self) -> str:
+        """One line naming what the folder holds."""
+        parts = [self.notebook.name]
+        if self.context is not None:
+            rel = self.context.relative_to(self.dir).as_posix()
+            parts.append(f"{rel} (context{', path rewritten' if self.context_moved else ''})")
+        else:
+            parts.append("context embedded in the notebook")
+        parts += ["binder/requirements.txt", "README.md"]
+        return f"bundle {self.dir}: " + ", ".join(parts)
+
+
+def binder_url(repo: str, ref: str, path: str) -> str:
+    """The mybinder.org URL that opens ``path`` (inside the repository) in JupyterLab.
+
+    Args:
+        repo: the GitHub repository, ``OWNER/NAME``.
+        ref: a branch, tag or commit (``HEAD`` for the default branch).
+        path: the notebook's path inside the repository, ``/``-separated.
+
+    Raises:
+        UsageError: ``repo`` is not ``OWNER/NAME`` or ``ref`` is empty.
+    """
+    if not _REPO.match(repo):
+        raise UsageError(f"--repo must be a GitHub repository written OWNER/NAME, not {repo!r}")
+    if not ref.strip():
+        raise UsageError("--ref must name a branch, tag or commit (HEAD for the default branch)")
+    # The notebook path travels inside the query string: quote everything but the slashes.
+    return f"{BINDER_BASE}/{repo}/{quote(ref, safe='/')}?urlpath=lab/tree/{quote(path, safe='/')}"
+
+
+def requirements() -> str:
+    """The ``binder/requirements.txt`` of a bundle: this rlm-kernel or newer, and JupyterLab."""
+    return f"rlm-kernel>={__version__}\njupyterlab\n"
+
+
+def bundle_run(
+    notebook_path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    repo: str | None = None,
+    ref: str | None = None,
+) -> Bundle:
+    """Write a shareable folder for one run notebook.
+
+    The folder is built beside ``dest`` and moved into place at the end, so a failure leaves no
+    half-written bundle.
+
+    Args:
+        notebook_path: the run notebook.
+        dest: the folder to create; it may exist if it is empty.
+        repo: a GitHub repository ``OWNER/NAME`` the folder will be pushed to, for the Binder URL.
+        ref: the branch, tag or commit of ``repo`` (default ``HEAD``); needs ``repo``.
+
+    Raises:
+        UsageError: the notebook is missing or not a run notebook (message from
+            :class:`NotebookFormatError`), its context is missing or altered
+            (:class:`ContextError`), ``dest`` exists and is not an empty folder
+            (:class:`OutputPathError`), or ``repo``/``ref`` are malformed.
+    """
+    source = Path(notebook_path)
+    dest = Path(dest)
+    if ref is not None and repo is None:
+        raise UsageError("--ref needs --repo OWNER/NAME (the repository the bundle is pushed to)")
+    url = binder_url(repo, ref or "HEAD", source.name) if repo is not None else None
+    try:
+        nb = notebook.load(source)
+    except NotebookFormatError as e:
+        raise UsageError(str(e)) from None
+    found = resolve_context(nb.metadata.rlm, source.parent)
+    _check_dest(dest)
+    rel = _context_target(nb.metadata.rlm["context"]["path"], source.name)
+    moved = found.path is not None and rel != nb.metadata.rlm["context"]["path"]
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        if found.path is None:
+            shutil.copyfile(source, work / source.name)
+        else:
+            target = work / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found.path, target)
+            if _sha256(target) != found.sha256:
+                raise ContextError(f"the copy of the context file {found.path} does not match it")
+            _copy_notebook(source, nb, work / source.name, rel if moved else None)
+        (work / "binder").mkdir()
+        (work / "binder" / "requirements.txt").write_text(requirements(), encoding="utf-8")
+        ctx_name = rel if found.path is not None else None
+        (work / "README.md").write_text(_readme(nb, source.name, ctx_name, url), encoding="utf-8")
+        work.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
+        if dest.exists():
+            dest.rmdir()  # checked empty above
+        os.replace(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Bundle(
+        dir=dest,
+        notebook=dest / source.name,
+        context=dest / rel if found.path is not None else None,
+        context_moved=moved,
+        requirements=dest / "binder" / "requirements.txt",
+        readme=dest / "README.md",
+        binder_url=url,
+    )
+
+
+def _check_dest(dest: Path) -> None:
+    if dest.is_dir():
+        if any(dest.iterdir()):
+            raise OutputPathError(f"{dest} exists and is not empty; give a new or empty folder")
+    elif dest.exists():
+        raise OutputPathError(f"{dest} exists and is not a folder; give a new or empty folder")
+
+
+def _context_target(recorded: str, notebook_name: str) -> str:
+    """Where the context goes in the bundle, relative to the notebook (``/``-separated).
+
+    A path inside the notebook's folder is kept; one outside it (``../data/x.txt``, or absolute)
+    becomes the file's name beside the notebook.
+    """
+    path = PurePosixPath(recorded)
+    inside = (
+        not path.is_absolute()
+        and ".." not in path.parts
+        and not re.match(r"^[A-Za-z]:", recorded)  # a Windows drive
+        and path.parts[0] not in (*_RESERVED, notebook_name)
+    )
+    if inside:
+        return path.as_posix()
+    name = PurePosixPath(recorded.replace("\\", "/")).name
+    if name in (*_RESERVED, notebook_name):
+        name = f"{Path(notebook_name).stem}.context{Path(name).suffix}"
+    return name
+
+
+def _copy_notebook(source: Path, nb: nbformat.NotebookNode, target: Path, rel: str | None) -> None:
+    if rel is None:
+        shutil.copyfile(source, target)  # byte for byte: nothing to change
+        return
+    nb.metadata.rlm["context"]["path"] = rel
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as e:
+        raise NotebookFormatError(f"the bundled notebook would not be valid: {e.message}") from e
+    nbformat.write(nb, str(target))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _readme(nb: nbformat.NotebookNode, name: str, context: str | None, url: str | None) -> str:
+    meta = nb.metadata.rlm
+    question = " ".join(str(meta.get("question") or "").split())
+    answer = " ".join(str(meta.get("answer") or "(no answer)").split())
+    models = meta.get("models") or {}
+    ctx = (
+        f"- `{context}`: its context (sha256 `{meta['context']['sha256'][:12]}…`, checked)"
+        if context
+        else "- the context is embedded in the notebook"
+    )
+    binder = (
+        f"[Open it on Binder]({url}) (JupyterLab in the browser, nothing to install)."
+        if url
+        else "Push this folder to a GitHub repository and open "
+        f"`{BINDER_BASE}/OWNER/NAME/HEAD?urlpath=lab/tree/{quote(name, safe='/')}` "
+        "(with your repository's owner and name); `rlm-kernel bundle --repo OWNER/NAME` "
+        "prints that URL."
+    )
+    return f"""# A recorded rlm-kernel run
+
+**Question:** {question}
+
+**Answer:** {answer}
+
+Root model `{models.get("root")}`, sub-model `{models.get("sub")}`.
+
+- `{name}`: the run notebook: every step the model took, its code and the kernel's outputs
+{ctx}
+- `binder/requirements.txt`: what Binder (or you) installs: rlm-kernel and JupyterLab
+
+## Open it
+
+{binder}
+
+Or on your machine:
+
+```bash
+pip install -r binder/requirements.txt
+jupyter lab {name}          # then Run > Run All Cells
+rlm-kernel replay {name}    # or check it from the command line
+```
+
+Running the notebook needs no API key: its second cell loads the context from the file above
+and answers every sub-model call from the responses recorded in the notebook. Keep the two
+files together (the notebook finds its context by a path relative to itself).
+"""

@@ -1,0 +1,186 @@
+"""``rlm-kernel bundle``: a folder that shares one run and replays wherever it is copied.
+
+The runs bundled here are real (``RLM.run`` with plain-function models and a real kernel); each
+bundle is checked by replaying it with ``rlm-kernel replay``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from rlm_kernel import RLM, __version__
+from rlm_kernel.bundle import binder_url, bundle_run
+from rlm_kernel.cli import main
+
+CONTEXT = "alpha beta\ngamma delta epsilon\n"
+
+STEP_1 = """```repl
+lengths = llm_query_batched(["Count words: " + line for line in context.splitlines()])
+print(lengths)
+```"""
+STEP_2 = """```repl
+total = sum(int(x) for x in lengths)
+print(total)
+```
+FINAL_VAR(total)"""
+
+
+def root(messages):
+    return (STEP_1, STEP_2)[sum(m["role"] == "assistant" for m in messages)]
+
+
+def sub(messages):
+    return str(len(messages[-1]["content"].split()) - 2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two recorded runs: context beside the notebook, and context in ``../data/``."""
+    base = tmp_path_factory.mktemp("runs")
+    beside = RLM(root, sub).run(
+        "How many words?", context=CONTEXT, notebook=base / "a" / "run.ipynb"
+    )
+    data = base / "b" / "data" / "words.txt"
+    data.parent.mkdir(parents=True)
+    data.write_text(CONTEXT)
+    (base / "b" / "runs").mkdir()
+    outside = RLM(root, sub).run(
+        "How many words?", context=data, notebook=base / "b" / "runs" / "my run.ipynb"
+    )
+    assert beside.answer == outside.answer == "5"
+    return {"beside": Path(beside.notebook), "outside": Path(outside.notebook)}
+
+
+def context_path(nb_path: Path) -> str:
+    return json.loads(nb_path.read_text())["metadata"]["rlm"]["context"]["path"]
+
+
+def replays(nb_path: Path, capsys) -> bool:
+    capsys.readouterr()
+    code = main(["replay", str(nb_path), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    return code == 0 and report["status"] == "reproduced"
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_a_bundle_holds_the_run_its_context_binder_files_and_a_readme(runs, tmp_path, capsys):
+    dest = tmp_path / "shared"
+    assert main(["bundle", str(runs["beside"]), str(dest)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(dest)
+    assert "run.ipynb" in captured.err
+    ctx = context_path(runs["beside"])
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(
+        ["run.ipynb", ctx, "binder/requirements.txt", "README.md"]
+    )
+    # Nothing to rewrite: the notebook is copied byte for byte.
+    assert (dest / "run.ipynb").read_bytes() == runs["beside"].read_bytes()
+    requirements = (dest / "binder" / "requirements.txt").read_text().split()
+    assert requirements == [f"rlm-kernel>={__version__}", "jupyterlab"]
+    readme = (dest / "README.md").read_text()
+    assert "How many words?" in readme and "jupyter lab run.ipynb" in readme
+    assert "rlm-kernel replay run.ipynb" in readme
+    # Moved away from the original, the bundle replays on its own.
+    moved = shutil.move(dest, tmp_path / "elsewhere")
+    assert replays(Path(moved) / "run.ipynb", capsys)
+
+
+def test_a_context_outside_the_notebooks_folder_is_moved_in_and_the_path_rewritten(
+    runs, tmp_path, capsys
+):
+    source = runs["outside"]
+    assert context_path(source) == "../data/words.txt"
+    before = source.read_bytes()
+    made = bundle_run(source, tmp_path / "shared")
+    assert made.context_moved
+    assert made.context == tmp_path / "shared" / "words.txt"
+    assert context_path(made.notebook) == "words.txt"
+    expected = json.loads(before)["metadata"]["rlm"]["context"]["sha256"]
+    assert hashlib.sha256(made.context.read_bytes()).hexdigest() == expected
+    nbformat.validate(nbformat.read(made.notebook, 4))
+    assert source.read_bytes() == before  # the original is untouched
+    shutil.rmtree(source.parent.parent / "data")  # the bundle needs nothing outside itself
+    try:
+        assert replays(made.notebook, capsys)
+    finally:
+        (source.parent.parent / "data").mkdir()
+        (source.parent.parent / "data" / "words.txt").write_text(CONTEXT)
+
+
+def test_with_a_repository_the_binder_url_is_printed(runs, tmp_path, capsys):
+    dest = tmp_path / "shared"
+    dest.mkdir()  # an empty folder is fine
+    argv = ["bundle", str(runs["outside"]), str(dest), "--repo", "someone/runs", "--ref", "v1"]
+    assert main(argv) == 0
+    url = capsys.readouterr().out.strip()
+    assert url == "https://mybinder.org/v2/gh/someone/runs/v1?urlpath=lab/tree/my%20run.ipynb"
+    assert url in (dest / "README.md").read_text()
+
+
+def test_binder_urls_quote_the_path_and_ref():
+    url = binder_url("o/r", "feature/x", "a b/c#1&.ipynb")
+    assert url == "https://mybinder.org/v2/gh/o/r/feature/x?urlpath=lab/tree/a%20b/c%231%26.ipynb"
+
+
+def test_an_embedded_context_is_enough(runs, tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    nb_path = folder / "run.ipynb"
+    data = json.loads(runs["beside"].read_text())
+    data["metadata"]["rlm"]["context"]["embedded"] = CONTEXT
+    nb_path.write_text(json.dumps(data, indent=1))  # no context file beside it
+    made = bundle_run(nb_path, tmp_path / "shared")
+    assert made.context is None
+    assert "embedded" in made.describe()
+    assert replays(made.notebook, capsys)
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+def test_a_missing_or_altered_context_is_bad_input(runs, tmp_path, capsys, damage):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(runs["beside"], folder / "run.ipynb")
+    ctx = context_path(runs["beside"])
+    if damage == "altered":
+        (folder / ctx).write_text(CONTEXT + "more\n")
+    err = one_line_error(capsys, ["bundle", str(folder / "run.ipynb"), str(tmp_path / "out")])
+    assert ("missing" if damage == "missing" else "differs") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_exits_2_with_one_line(runs, tmp_path, capsys):
+    nb = str(runs["beside"])
+    out = str(tmp_path / "out")
+    err = one_line_error(capsys, ["bundle", str(tmp_path / "absent.ipynb"), out])
+    assert "cannot read run notebook" in err
+    plain = tmp_path / "plain.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), str(plain))
+    assert "not an rlm-kernel run notebook" in one_line_error(capsys, ["bundle", str(plain), out])
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    err = one_line_error(capsys, ["bundle", nb, str(full)])
+    assert "exists and is not empty" in err
+    assert sorted(p.name for p in full.iterdir()) == ["keep.txt"]
+    err = one_line_error(capsys, ["bundle", nb, str(full / "keep.txt")])
+    assert "is not a folder" in err
+    assert "OWNER/NAME" in one_line_error(capsys, ["bundle", nb, out, "--repo", "no-slash"])
+    assert "--ref needs --repo" in one_line_error(capsys, ["bundle", nb, out, "--ref", "main"])
+    assert not (tmp_path / "out").exists()
+    # Nothing half-written is left beside the destination.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "plain.ipynb"]

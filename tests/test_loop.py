@@ -1,0 +1,50 @@
+"""The loop's judgement calls, with plain-function models: what is accepted, what is shown."""
+
+from __future__ import annotations
+
+import nbformat
+
+from rlm_kernel import RLM, Completion
+
+
+def script(*replies):
+    calls = []
+
+    def model(messages):
+        calls.append(messages)
+        reply = replies[len(calls) - 1]
+        return reply(messages) if callable(reply) else reply
+
+    model.calls = calls
+    return model
+
+
+def test_a_final_written_next_to_failing_code_is_not_accepted(tmp_path):
+    root = script("```repl\nx = 1 / 0\n```\nFINAL(42)", "```repl\nx = 7\n```\nFINAL_VAR(x)")
+    result = RLM(root, script()).run("q", "ctx", notebook=tmp_path / "r.ipynb")
+    assert (result.answer, result.steps) == ("7", 2)
+    shown = root.calls[1][-1]["content"]
+    assert "ZeroDivisionError" in shown and "was not accepted" in shown
+
+
+def test_blocks_of_one_reply_share_the_output_budget(tmp_path):
+    blocks = "".join(f"```repl\nprint('{n}' * 5000)\n```\n" for n in range(4))
+    root = script(blocks, "FINAL(done)")
+    RLM(root, script(), max_output_chars=4000).run("q", "ctx", notebook=tmp_path / "r.ipynb")
+    nb = nbformat.read(tmp_path / "r.ipynb", as_version=4)
+    shown = [
+        c.metadata.rlm.exec.shown for c in nb.cells if "rlm-code" in c.metadata.get("tags", [])
+    ]
+    assert len(shown) == 4 and all(len(s) < 1000 + 200 for s in shown)
+    assert len(root.calls[1][-1]["content"]) < 4000 + 1000
+
+
+def test_empty_and_cut_off_replies_are_handled(tmp_path):
+    def cut(messages):
+        return Completion("```repl\nprint(1", model="m", stop_reason="max_tokens")
+
+    root = script("", cut, "FINAL(ok)")
+    result = RLM(root, script()).run("q", "ctx", notebook=tmp_path / "r.ipynb")
+    assert result.answer == "ok"
+    assert root.calls[1][2] == {"role": "assistant", "content": "(empty reply)"}
+    assert "cut off at the output-token limit" in root.calls[2][-1]["content"]
