@@ -16,7 +16,8 @@ The class tree::
     ├── BudgetExceeded (RuntimeError)      carries the limit, what was spent and the budget
     ├── BridgeError (ConnectionError)
     ├── NotebookFormatError (ValueError)   not a valid rlm-kernel run notebook
-    └── ReplayDiverged (RuntimeError)      re-running recorded code did not give what was recorded
+    ├── ReplayDiverged (RuntimeError)      re-running recorded code did not give what was recorded
+    └── RunStopped                         the human in the loop stopped the run
 
 Code running inside the kernel sees the kernel-side twins defined in ``runtime.py``
 (``SubcallError``, ``BudgetExceeded``, ``ReplayMiss``), which import nothing from here.
@@ -116,3 +117,7 @@ class NotebookFormatError(RLMKernelError, ValueError):
 
 class ReplayDiverged(RLMKernelError, RuntimeError):
     """Re-running a recorded run's code did not reproduce what the record says."""
+
+
+class RunStopped(RLMKernelError):
+    """The human in the loop stopped the run; the notebook is saved as ``interrupted``."""

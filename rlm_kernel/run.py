@@ -32,6 +32,7 @@ from .errors import (
     OutputPathError,
     ReplayDiverged,
     RLMKernelError,
+    RunStopped,
     UsageError,
 )
 from .kernel import ExecResult, KernelSession
@@ -118,6 +119,11 @@ class RLM:
         kernel_name: the Jupyter kernelspec to run the code in.
         embed_context: also store the context's text in the notebook (up to
             ``context.EMBED_LIMIT_CHARS``), so the notebook replays without its context file.
+        approve: a human in the loop, called before each code block runs as
+            ``approve(step=, block=, code=)`` (sync or async). It returns the code to run (the
+            model's, or an edited version), ``None`` to skip the block, or ``False`` to stop the
+            run (status ``interrupted``, stop reason ``stopped``). An edited block runs as
+            edited; the cell's ``metadata.rlm.approval`` keeps the model's original.
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class RLM:
         on_subcall: Hook | None = None,
         kernel_name: str = "python3",
         embed_context: bool = False,
+        approve: Hook | None = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -146,6 +153,7 @@ class RLM:
         self.hooks = {"on_step": on_step, "on_output": on_output, "on_subcall": on_subcall}
         self.kernel_name = kernel_name
         self.embed_context = embed_context
+        self.approve = approve
 
     async def arun(
         self,
@@ -403,6 +411,8 @@ class _Run:
                 ) as ks:
                     answer, stop_reason = await self._loop(ks)
             status = "answered" if answer is not None else "no_answer"
+        except RunStopped:
+            status, stop_reason = "interrupted", "stopped"
         except (KeyboardInterrupt, asyncio.CancelledError):
             status, stop_reason, error = "interrupted", "interrupted", "the run was interrupted"
             raise
@@ -472,7 +482,7 @@ class _Run:
             # cannot grow the next prompt by more than max_output_chars.
             share = self.limits.max_output_chars // max(1, len(blocks))
             for n, block in enumerate(blocks, start=1):
-                reports.append(await self._run_block(ks, step, n, block.code, limit=share))
+                reports.append(await self._approved_block(ks, step, n, block.code, share))
                 if self.final_value is not None:
                     break
             found = parse.final_answer(text) if self.final_value is None else None
@@ -565,6 +575,40 @@ class _Run:
         self.budget.charge("root", completion)
         return completion
 
+    async def _approved_block(
+        self, ks: KernelSession, step: int, block: int, code: str, limit: int
+    ) -> prompts.BlockReport:
+        """Run a block, first asking the human in the loop when there is one."""
+        if self.rlm.approve is None:
+            return await self._run_block(ks, step, block, code, limit=limit)
+        decision = self.rlm.approve(step=step, block=block, code=code)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        if decision is False:
+            raise RunStopped(f"stopped by the user before block {step}.{block}")
+        if decision is None:
+            shown = "[the user skipped this block; it did not run]"
+            self.recorder.add_code(
+                step=step,
+                block=block,
+                source=code,
+                outputs=[],
+                execution_count=None,
+                exec={"status": "skipped", "duration_s": 0.0, "output_chars": 0, "shown": shown},
+                subcalls=[],
+                tags=("rlm-code",),
+                extra={"approval": {"decision": "skipped"}},
+            )
+            return prompts.BlockReport(status="skipped", shown=shown, output_chars=0)
+        if not isinstance(decision, str):
+            raise TypeError(f"approve() returned {decision!r}; expected code, None or False")
+        approval = (
+            {"decision": "run"} if decision == code else {"decision": "edited", "original": code}
+        )
+        return await self._run_block(
+            ks, step, block, decision, limit=limit, extra={"approval": approval}
+        )
+
     async def _run_block(
         self,
         ks: KernelSession,
@@ -573,6 +617,7 @@ class _Run:
         code: str,
         tags: tuple[str, ...] = (),
         limit: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> prompts.BlockReport:
         self.cell_subcalls = []
         # The notebook keeps the first max_cell_output_bytes; the collector also keeps the end
@@ -600,6 +645,7 @@ class _Run:
             },
             subcalls=[r.to_dict() for r in self.cell_subcalls],
             tags=("rlm-code", *tags),
+            extra=extra,
         )
         await run_hook(
             self.rlm.hooks["on_output"], step=step, block=block, status=result.status, shown=shown

@@ -48,3 +48,26 @@ def test_empty_and_cut_off_replies_are_handled(tmp_path):
     assert result.answer == "ok"
     assert root.calls[1][2] == {"role": "assistant", "content": "(empty reply)"}
     assert "cut off at the output-token limit" in root.calls[2][-1]["content"]
+
+
+def test_a_human_in_the_loop_can_edit_skip_and_stop(tmp_path):
+    root = script(
+        "```repl\nx = 1\n```\n```repl\nprint('skip me')\n```",
+        "```repl\nprint(x)\n```",
+        "```repl\nprint('never')\n```",
+    )
+    decisions = iter(["x = 41", None, "print(x + 1)", False])
+
+    def approve(*, step, block, code):
+        return next(decisions)
+
+    result = RLM(root, script(), approve=approve).run("q", "ctx", notebook=tmp_path / "h.ipynb")
+    assert (result.status, result.stop_reason) == ("interrupted", "stopped")
+    nb = nbformat.read(tmp_path / "h.ipynb", as_version=4)
+    nbformat.validate(nb)
+    cells = [c for c in nb.cells if "rlm-code" in c.metadata.get("tags", [])]
+    assert cells[0].source == "x = 41"
+    assert cells[0].metadata.rlm.approval == {"decision": "edited", "original": "x = 1"}
+    assert cells[1].metadata.rlm.exec.status == "skipped" and cells[1].outputs == []
+    assert cells[2].outputs[0].text == "42\n"  # the edited block ran as edited
+    assert nb.metadata.rlm.status == "interrupted"
