@@ -402,7 +402,11 @@ _BUDGET = runtime.BudgetExceeded.__name__
 
 def _result_of(call: RecordedCall) -> dict[str, str]:
     if call.error is not None or call.response is None:
-        return {"error": call.kernel_error(), "type": runtime.SubcallError.__name__}
+        error = call.kernel_error()
+        refused = f"{_BUDGET}: "
+        if error.startswith(refused):  # the run's budget refused this call: refuse it again
+            return {"error": error[len(refused) :], "type": _BUDGET}
+        return {"error": error, "type": runtime.SubcallError.__name__}
     return {"ok": call.response}
 
 

@@ -27,7 +27,6 @@ from .budget import Budget
 from .context import ContextInfo, ContextInput, ContextWarning, prepare
 from .errors import (
     BudgetExceeded,
-    ModelError,
     NotebookFormatError,
     OutputPathError,
     ReplayDiverged,
@@ -339,29 +338,29 @@ class _Run:
     async def subcall(self, prompt: str, *, model: str | None, kind: str) -> str:
         if self.replaying and self.origin is not None:
             return self.origin.book.answer(prompt)
-        self.budget.reserve_subcall()
-        llm = self._model(model)
         self.subcall_ids += 1
         record = SubcallRecord(
             id=self.subcall_ids,
             kind="rlm" if kind == "rlm" else "llm",
-            model=llm.name,
+            model=model or self.sub.name,
             prompt_sha256=hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
             prompt_chars=len(prompt),
             prompt_preview=prompt[:PROMPT_PREVIEW_CHARS],
         )
-        # Appended before the call so records keep the order the calls were made in.
+        # Appended before the call so records keep the order the calls were made in; a call
+        # the budget refuses is recorded too, so a replay meets the same refusal.
         self.cell_subcalls.append(record)
         try:
+            self.budget.reserve_subcall()
+            llm = self._model(model)
+            record.model = llm.name
             completion = await llm.complete(
                 [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
             )
-        except ModelError as e:
-            # The text the kernel's code saw (the bridge prefixes the class name).
-            record.error, record.retries = f"{type(e).__name__}: {e}", e.retries
-            raise
         except Exception as e:
+            # The text the kernel's code saw (the bridge prefixes the class name).
             record.error = f"{type(e).__name__}: {e}"
+            record.retries = getattr(e, "retries", 0)
             raise
         else:
             self.budget.charge("sub", completion)

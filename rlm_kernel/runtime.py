@@ -607,6 +607,8 @@ def install(
 ) -> None:
     """Put ``context``, ``llm_query`` & co., ``FINAL*``, ``answer``, ``SHOW_VARS`` in a namespace.
 
+    The exception classes ``SubcallError``, ``BudgetExceeded`` and ``ReplayMiss`` go in too.
+
     Args:
         namespace: where the model's code runs (the IPython user namespace in the kernel).
         transport: how requests reach the host; ``None`` leaves the functions unconnected
@@ -619,6 +621,10 @@ def install(
         namespace["context"] = load_context(context_path, context_kind)
     host = _Host(transport)
     functions = _build_functions(host, namespace)
+    # The exceptions too, so the model's code can catch them by name.
+    functions.update(
+        SubcallError=SubcallError, BudgetExceeded=BudgetExceeded, ReplayMiss=ReplayMiss
+    )
     namespace.update(functions)
     namespace["_rlm_functions"] = functions
     namespace["answer"] = {"content": None, "ready": False}

@@ -71,3 +71,21 @@ def test_a_human_in_the_loop_can_edit_skip_and_stop(tmp_path):
     assert cells[1].metadata.rlm.exec.status == "skipped" and cells[1].outputs == []
     assert cells[2].outputs[0].text == "42\n"  # the edited block ran as edited
     assert nb.metadata.rlm.status == "interrupted"
+
+
+def test_refused_subcalls_are_recorded_and_replay_the_same(tmp_path):
+    from rlm_kernel.replay import replay_notebook
+
+    code = (
+        "```repl\ntry:\n    llm_query_batched(['a', 'b', 'c'])\n"
+        "except BudgetExceeded as e:\n    print('refused:', e)\n```\nFINAL(done)"
+    )
+    out = tmp_path / "b.ipynb"
+    result = RLM(script(code), lambda m: "x", max_subcalls=2).run("q", "ctx", notebook=out)
+    assert result.subcalls == 2
+    nb = nbformat.read(out, as_version=4)
+    (cell,) = [c for c in nb.cells if "rlm-code" in c.metadata.get("tags", [])]
+    errors = [s.error for s in cell.metadata.rlm.subcalls]
+    assert errors[:2] == [None, None] and errors[2].startswith("BudgetExceeded: ")
+    assert "refused:" in cell.outputs[0].text
+    assert replay_notebook(out).status == "reproduced"

@@ -239,8 +239,8 @@ def test_runtime_loads_in_isolated_python_with_the_package_blocked(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "['FINAL', 'FINAL_VAR', 'SHOW_VARS', 'answer', 'context', 'llm_query', "
-        "'llm_query_batched', 'rlm_query']",
+        "['BudgetExceeded', 'FINAL', 'FINAL_VAR', 'ReplayMiss', 'SHOW_VARS', 'SubcallError', "
+        "'answer', 'context', 'llm_query', 'llm_query_batched', 'rlm_query']",
         "{'k': [1, 2]}",
         "['rlm_kernel_runtime']",
     ]
