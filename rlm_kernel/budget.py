@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -10,6 +11,10 @@ from .errors import BudgetExceeded
 from .types import Completion, Limits, Usage
 
 Role = Literal["root", "sub"]
+
+
+class CostWarning(UserWarning):
+    """A cost limit that cannot see every call's cost."""
 
 
 class Budget:
@@ -28,6 +33,7 @@ class Budget:
         self.priced_cost = 0.0
         self.unpriced_calls = 0
         self.subcalls = 0
+        self._unpriced: set[str] = set()
 
     @property
     def cost_usd(self) -> float | None:
@@ -37,6 +43,14 @@ class Budget:
         self.usage[role].add(completion.usage)
         if completion.cost_usd is None:
             self.unpriced_calls += 1
+            if self.limits.max_cost_usd is not None and completion.model not in self._unpriced:
+                self._unpriced.add(completion.model)
+                warnings.warn(
+                    f"{completion.model} has no known price: max_cost_usd counts only the calls "
+                    "of priced models (add its prices to rlm_kernel/llm/prices.json)",
+                    CostWarning,
+                    stacklevel=2,
+                )
         else:
             self.priced_cost += completion.cost_usd
 

@@ -123,6 +123,10 @@ class RLM:
             model's, or an edited version), ``None`` to skip the block, or ``False`` to stop the
             run (status ``interrupted``, stop reason ``stopped``). An edited block runs as
             edited; the cell's ``metadata.rlm.approval`` keeps the model's original.
+            ``approve=True`` asks a person: buttons in Jupyter, a prompt in a terminal
+            (``rlm_kernel.live``).
+        display: the live widget in Jupyter (``rlm_kernel.live.LiveDisplay``): ``None`` shows it
+            in a Jupyter kernel when no hook is given, ``True`` always, ``False`` never.
     """
 
     def __init__(
@@ -136,7 +140,8 @@ class RLM:
         on_subcall: Hook | None = None,
         kernel_name: str = "python3",
         embed_context: bool = False,
-        approve: Hook | None = None,
+        approve: Hook | bool | None = None,
+        display: bool | None = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -147,12 +152,20 @@ class RLM:
             raise UsageError(f"unknown RLM option(s): {unknown}; limits are: {known}") from None
         except ValueError as e:
             raise UsageError(str(e)) from None
+        if self.limits.max_depth > 1:
+            warnings.warn(
+                "rlm_query does not start child runs yet: it answers with the sub-model, as at "
+                "the maximum depth, whatever max_depth is",
+                UserWarning,
+                stacklevel=2,
+            )
         self.model = model
         self.sub_model = sub_model
         self.hooks = {"on_step": on_step, "on_output": on_output, "on_subcall": on_subcall}
         self.kernel_name = kernel_name
         self.embed_context = embed_context
         self.approve = approve
+        self.display = display
 
     async def arun(
         self,
@@ -214,10 +227,23 @@ class RLM:
             if self.embed_context:
                 context_meta["embedded"] = info.embedded_text()
             run = _Run(self, question, info, context_meta, nb_path, run_id, root, sub, origin)
+            live = None
+            if self.display is not False or self.approve is True:
+                # Imported here: the live display is for Jupyter and needs ipywidgets.
+                from . import live as live_ui
+
+                run.hooks, run.approve, live = live_ui.attach(
+                    display=self.display,
+                    hooks=self.hooks,
+                    approve=self.approve,
+                    notebook=nb_path,
+                    max_steps=self.limits.max_steps,
+                    question=question,
+                )
         except BaseException:
             await close_models([m for m in (root, sub) if m is not None])
             raise
-        return await run.execute()
+        return await (live.run(run.execute()) if live else run.execute())
 
     run = run_sync(arun)
     resume = run_sync(aresume)
@@ -297,6 +323,8 @@ class _Run:
         origin: _Origin | None = None,
     ) -> None:
         self.rlm = rlm
+        self.hooks = dict(rlm.hooks)
+        self.approve = rlm.approve
         self.origin = origin
         self.replaying = False
         self.limits = rlm.limits
@@ -370,7 +398,7 @@ class _Run:
             record.cost_usd = completion.cost_usd
             record.retries = completion.retries
         finally:
-            await run_hook(self.rlm.hooks["on_subcall"], record=record)
+            await run_hook(self.hooks["on_subcall"], record=record)
         return completion.text
 
     async def final(self, value: str, *, via: str) -> None:
@@ -466,7 +494,7 @@ class _Run:
                 extra=_completion_extra(completion),
             )
             await run_hook(
-                self.rlm.hooks["on_step"],
+                self.hooks["on_step"],
                 step=step,
                 max_steps=self.limits.max_steps,
                 text=text,
@@ -578,9 +606,9 @@ class _Run:
         self, ks: KernelSession, step: int, block: int, code: str, limit: int
     ) -> prompts.BlockReport:
         """Run a block, first asking the human in the loop when there is one."""
-        if self.rlm.approve is None:
+        if self.approve is None:
             return await self._run_block(ks, step, block, code, limit=limit)
-        decision = self.rlm.approve(step=step, block=block, code=code)
+        decision = self.approve(step=step, block=block, code=code)
         if inspect.isawaitable(decision):
             decision = await decision
         if decision is False:
@@ -647,7 +675,7 @@ class _Run:
             extra=extra,
         )
         await run_hook(
-            self.rlm.hooks["on_output"], step=step, block=block, status=result.status, shown=shown
+            self.hooks["on_output"], step=step, block=block, status=result.status, shown=shown
         )
         return prompts.BlockReport(status=result.status, shown=shown, output_chars=produced)
 

@@ -37,7 +37,8 @@ def test_cost_is_summed_and_unknown_prices_make_it_unknown():
     budget.charge("root", completion(0.02))
     budget.charge("sub", completion(0.02))
     assert budget.cost_usd == 0.04 and budget.exhausted() is None
-    budget.charge("sub", completion(None))
+    with pytest.warns(UserWarning, match="no known price"):
+        budget.charge("sub", completion(None))
     assert budget.cost_usd is None  # one unpriced call: the total is unknown, not a guess
     budget.charge("root", completion(0.02))
     assert budget.exhausted() == "max_cost"
@@ -77,3 +78,16 @@ def test_subcall_record_dict_has_every_field():
     data = record.to_dict()
     assert set(data) == {f.name for f in dataclasses.fields(SubcallRecord)}
     assert data["usage"]["input_tokens"] == 3
+
+
+def test_a_cost_limit_warns_once_per_unpriced_model():
+    budget = Budget(Limits(max_cost_usd=1.0))
+    with pytest.warns(UserWarning, match="has no known price") as record:
+        budget.charge("root", completion(None))
+        budget.charge("root", completion(None))
+    assert len(record) == 1
+
+
+def test_max_depth_above_one_says_it_is_not_honoured_yet():
+    with pytest.warns(UserWarning, match="does not start child runs yet"):
+        RLM(lambda m: "", lambda m: "", max_depth=2)
