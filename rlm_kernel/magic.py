@@ -1,4 +1,4 @@
-"""The IPython extension: ``%load_ext rlm_kernel`` and ``%rlm_replay RUN.ipynb [--live]``.
+"""The IPython extension: ``%load_ext rlm_kernel``, ``%rlm_replay RUN.ipynb`` and ``%%rlm``.
 
 The setup cell of every run notebook is::
 
@@ -8,21 +8,38 @@ The setup cell of every run notebook is::
 so *Run All* in Jupyter (or ``jupyter nbconvert --execute``) replays the run without an API key:
 ``context`` is loaded from the fingerprinted file and ``llm_query`` & co. answer from the
 recorded responses. See ``docs/replay.md``.
+
+``%%rlm [options]`` runs a new RLM over a variable or a file, with the cell's body as the question
+and a live widget of the run (see ``docs/interactive.md``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Any
+import os
+import shlex
+from pathlib import Path
+from typing import Any, NoReturn
 
 from IPython.core.error import UsageError as IPythonUsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import publish_display_data
 
 from . import replay
+from .context import ContextInput
 from .errors import RLMKernelError
+from .run import RLM
+from .types import RunResult
 
-__all__ = ["ReplayMagics", "load_ipython_extension", "parse_replay_line"]
+__all__ = [
+    "RLMMagics",
+    "ReplayMagics",
+    "await_rlm_cells",
+    "load_ipython_extension",
+    "parse_replay_line",
+    "parse_rlm_line",
+]
 
 _USAGE = "usage: %rlm_replay RUN.ipynb [--live]"
 
@@ -90,6 +107,160 @@ class ReplayMagics(Magics):
         print(session.describe())
 
 
+class _LineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(f"{message} (the options: %%rlm?)")
+
+
+def _rlm_parser() -> argparse.ArgumentParser:
+    p = _LineParser(prog="%%rlm", add_help=False, allow_abbrev=False)
+    p.add_argument("--context", action="append", metavar="NAME_OR_PATH", default=[])
+    p.add_argument("--model", metavar="PROVIDER:MODEL_OR_NAME")
+    p.add_argument("--sub-model", metavar="PROVIDER:MODEL_OR_NAME")
+    p.add_argument("--out", metavar="NOTEBOOK")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-subcalls", type=int)
+    p.add_argument("--max-cost", type=float, dest="max_cost_usd")
+    p.add_argument("--max-depth", type=int)
+    p.add_argument("--cell-timeout", type=float)
+    p.add_argument("--timeout", type=float)
+    p.add_argument("--max-output-chars", type=int)
+    p.add_argument("--approve", action="store_true")
+    p.add_argument("--no-display", action="store_true")
+    p.add_argument("--as", dest="name", metavar="NAME")
+    return p
+
+
+_LIMITS = ("max_steps", "max_subcalls", "max_cost_usd", "max_depth", "cell_timeout", "timeout")
+
+
+def parse_rlm_line(line: str) -> argparse.Namespace:
+    """The options of a ``%%rlm`` line.
+
+    Raises:
+        ValueError: an unknown option, a missing or malformed value, or no ``--context``.
+    """
+    try:
+        args = _rlm_parser().parse_args(shlex.split(line))
+    except ValueError as e:
+        raise ValueError(f"%%rlm: {e}") from None
+    if not args.context:
+        raise ValueError("%%rlm: give the input with --context NAME_OR_PATH (a variable or a file)")
+    if args.name is not None and not args.name.isidentifier():
+        raise ValueError(f"%%rlm: --as needs a Python name, not {args.name!r}")
+    return args
+
+
+@magics_class
+class RLMMagics(Magics):
+    """``%%rlm``: ask a question (the cell's body) over a variable or a file."""
+
+    @cell_magic
+    def rlm(self, line: str, cell: str) -> None:
+        """Run an RLM with the cell's body as the question; ``%%rlm --help``-style options.
+
+        ``--context NAME_OR_PATH`` (repeatable), ``--model`` / ``--sub-model`` (``provider:model``
+        or the name of a variable holding an LLM or a function), ``--out NOTEBOOK``, the limits
+        (``--max-steps``, ``--max-subcalls``, ``--max-cost``, ``--max-depth``,
+        ``--cell-timeout``, ``--timeout``, ``--max-output-chars``), ``--approve``,
+        ``--no-display`` and ``--as NAME``. The result is stored in ``_rlm`` (and ``NAME``).
+        """
+        rlm, question, context, args = self._prepare(line, cell)
+        try:
+            result = rlm.run(question, context, notebook=args.out)
+        except RLMKernelError as e:
+            raise IPythonUsageError(str(e)) from None
+        self._keep(result, args)
+
+    async def arlm(self, line: str, cell: str) -> None:
+        """The awaited form of ``%%rlm``, which the cell rewriting of :func:`await_rlm_cells` uses.
+
+        Awaiting keeps the kernel's event loop free, so the widget's buttons work during the run.
+        """
+        rlm, question, context, args = self._prepare(line, cell)
+        try:
+            result = await rlm.arun(question, context, notebook=args.out)
+        except RLMKernelError as e:
+            raise IPythonUsageError(str(e)) from None
+        self._keep(result, args)
+
+    def _prepare(self, line: str, cell: str) -> tuple[RLM, str, ContextInput, argparse.Namespace]:
+        ns = self.shell.user_ns
+        try:
+            args = parse_rlm_line(line)
+            question = cell.strip()
+            if not question:
+                raise ValueError("%%rlm: the cell is empty; write the question in the cell")
+            contexts = [_context(ns, name) for name in args.context]
+            limits = {k: getattr(args, k) for k in _LIMITS if getattr(args, k) is not None}
+            if args.max_output_chars is not None:
+                limits["max_output_chars"] = args.max_output_chars
+            models = {
+                k: ns.get(v, v) if v.isidentifier() else v
+                for k, v in (("model", args.model), ("sub_model", args.sub_model))
+                if v is not None
+            }
+            rlm = RLM(
+                **models,
+                approve=True if args.approve else None,
+                display=False if args.no_display else None,
+                **limits,
+            )
+        except (ValueError, RLMKernelError) as e:
+            raise IPythonUsageError(str(e)) from None
+        return rlm, question, contexts[0] if len(contexts) == 1 else contexts, args
+
+    def _keep(self, result: RunResult, args: argparse.Namespace) -> None:
+        self.shell.user_ns["_rlm"] = result
+        if args.name:
+            self.shell.user_ns[args.name] = result
+        cost = "cost unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}"
+        print(
+            f"{result.status} · {result.steps} steps · {result.subcalls} sub-calls · {cost} · "
+            f"{result.duration_s:.1f} s · {result.notebook}"
+        )
+        if result.answer is not None:
+            print(result.answer)
+
+
+def _context(ns: dict[str, Any], name: str) -> ContextInput:
+    if name.isidentifier() and name in ns:
+        return ns[name]
+    path = Path(os.path.expanduser(name))
+    if not path.exists():
+        raise ValueError(f"%%rlm: --context {name}: no variable or file of that name")
+    return path
+
+
+def await_rlm_cells(lines: list[str]) -> list[str]:
+    """Rewrite a ``%%rlm`` cell as an awaited call, so the kernel stays responsive during it.
+
+    An IPython input transformer (it runs before IPython turns cell magics into calls): the cell
+    becomes ``await <the magic's async twin>(line, body)``, which the kernel runs on its event
+    loop, where widget clicks are processed while the run goes on.
+    """
+    first = next((i for i, text in enumerate(lines) if text.strip()), None)
+    if first is None or not _awaits_top_level():
+        return lines
+    head = lines[first].rstrip("\n")
+    if not (head == "%%rlm" or head.startswith(("%%rlm ", "%%rlm\t"))):
+        return lines
+    body = "".join(lines[first + 1 :])
+    call = "get_ipython().magics_manager.registry['RLMMagics'].arlm"
+    return [f"await {call}({head[len('%%rlm') :].strip()!r}, {body!r})\n"]
+
+
+def _awaits_top_level() -> bool:
+    from IPython import get_ipython
+
+    return bool(getattr(get_ipython(), "autoawait", False))
+
+
 def load_ipython_extension(ipython: Any) -> None:
-    """Register the ``%rlm_replay`` magic (``%load_ext rlm_kernel``)."""
+    """Register ``%rlm_replay`` and ``%%rlm`` (``%load_ext rlm_kernel``)."""
     ipython.register_magics(ReplayMagics)
+    ipython.register_magics(RLMMagics)
+    # In a kernel, %%rlm cells are awaited (see await_rlm_cells).
+    transforms = ipython.input_transformers_cleanup
+    if getattr(ipython, "kernel", None) is not None and await_rlm_cells not in transforms:
+        transforms.append(await_rlm_cells)

@@ -1,0 +1,209 @@
+"""``%%rlm`` in a real kernel: options, the stored result, and the live widget's Stop button."""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from pathlib import Path
+
+import nbclient
+import nbformat
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from rlm_kernel.magic import await_rlm_cells, parse_rlm_line
+
+SETUP = """
+%load_ext rlm_kernel
+tickets = "alpha\\nbeta\\ngamma"
+
+def root(messages):
+    if len(messages) == 2:
+        return "```repl\\nn = len(context.splitlines())\\nprint(n)\\n```"
+    return "FINAL(3 lines)"
+
+def sub(messages):
+    return "unused"
+"""
+
+
+def execute(folder: Path, *cells: str, allow_errors: bool = False) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=60,
+        kernel_name="python3",
+        allow_errors=allow_errors,
+        resources={"metadata": {"path": str(folder)}},
+    )
+    client.execute()
+    return nb
+
+
+def stdout(cell) -> str:
+    return "".join(o.text for o in cell.outputs if o.get("name") == "stdout")
+
+
+# -- the option line, without a kernel ------------------------------------------------------------
+
+
+def test_the_option_line_is_parsed():
+    args = parse_rlm_line(
+        "--context tickets --context 'my file.txt' --model root --max-steps 3 --max-cost 0.5 "
+        "--cell-timeout 2 --timeout 60 --max-output-chars 900 --approve --as res"
+    )
+    assert args.context == ["tickets", "my file.txt"]
+    assert (args.model, args.max_steps, args.max_cost_usd, args.name) == ("root", 3, 0.5, "res")
+    assert (args.cell_timeout, args.timeout, args.max_output_chars) == (2.0, 60.0, 900)
+    assert args.approve is True
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--model x", "give the input with --context"),
+        ("--context c --max-steps many", "invalid int value: 'many'"),
+        ("--context c --bogus 1", "unrecognized arguments: --bogus 1"),
+        ("--context c --as 'not a name'", "--as needs a Python name"),
+        ("--context 'unbalanced", "No closing quotation"),
+    ],
+)
+def test_bad_option_lines_are_refused_in_one_line(line, message):
+    with pytest.raises(ValueError, match=message) as failure:
+        parse_rlm_line(line)
+    assert "\n" not in str(failure.value)
+
+
+def test_only_rlm_cells_are_rewritten_as_awaited_calls():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.instance()  # the rewriting asks the shell whether it awaits top-level code
+    cell = ["\n", "%%rlm --context c --as r\n", "How many 'lines'?\n"]
+    (line,) = await_rlm_cells(cell)
+    assert line.startswith("await get_ipython().magics_manager.registry['RLMMagics'].arlm(")
+    call = ast.parse(line).body[0].value.value
+    assert [ast.literal_eval(a) for a in call.args] == ["--context c --as r", "How many 'lines'?\n"]
+    for other in (["%%rlmx\n", "q\n"], ["x = 1\n"], ["%%time\n", "%%rlm\n"], []):
+        assert await_rlm_cells(other) == other
+
+
+# -- in a real kernel -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_cell_is_the_question_and_the_result_is_kept(tmp_path):
+    nb = execute(
+        tmp_path,
+        SETUP,
+        "%%rlm --context tickets --model root --sub-model sub --out runs/r.ipynb --as res\n"
+        "How many lines are there?",
+        "print(res.answer, res.status, _rlm is res, res.notebook.endswith('runs/r.ipynb'))",
+    )
+    assert "answered · 2 steps · 0 sub-calls" in stdout(nb.cells[1])
+    assert stdout(nb.cells[1]).rstrip().endswith("3 lines")
+    assert stdout(nb.cells[2]) == "3 lines answered True True\n"
+    run = nbformat.read(tmp_path / "runs" / "r.ipynb", as_version=4)
+    assert run.metadata.rlm.question == "How many lines are there?"
+    assert run.metadata.rlm.status == "answered"
+    # The live widget was shown in the cell: a widget view next to the printed summary.
+    views = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    assert any("application/vnd.jupyter.widget-view+json" in o.data for o in views)
+
+
+@pytest.mark.slow
+def test_a_context_file_and_a_bad_option_in_the_kernel(tmp_path):
+    (tmp_path / "notes.txt").write_text("one\ntwo\nthree\n")
+    nb = execute(
+        tmp_path,
+        SETUP,
+        "%%rlm --context notes.txt --model root --sub-model sub --no-display\nHow many lines?",
+        "%%rlm --context nowhere --model root\nq",
+        "%%rlm --context tickets --max-steps zero\nq",
+        allow_errors=True,
+    )
+    assert stdout(nb.cells[1]).rstrip().endswith("3 lines")
+    assert not [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    for cell, message in [
+        (nb.cells[2], "--context nowhere: no variable or file of that name"),
+        (nb.cells[3], "argument --max-steps: invalid int value: 'zero'"),
+    ]:
+        # IPython shows a UsageError as one line on stderr, without a traceback.
+        (error,) = [o.text for o in cell.outputs if o.get("name") == "stderr"]
+        assert error.startswith("UsageError: %%rlm: ") and message in error
+        assert error.count("\n") == 1
+
+
+# -- Stop, clicked through the widget's comm ----------------------------------------------------
+
+
+SLOW_SETUP = """
+%load_ext rlm_kernel
+text = "some text"
+def root(messages):
+    return "```repl\\nimport time\\nprint('started', flush=True)\\ntime.sleep(60)\\n```"
+"""
+
+
+def _wait_for_stop_button(kc, deadline: float) -> str:
+    """The comm id of the live display's Stop button, once the run is in its first block."""
+    stop_id = None
+    started = False
+    while time.monotonic() < deadline and not (stop_id and started):
+        try:
+            msg = kc.get_iopub_msg(timeout=1)
+        except Exception:
+            continue
+        content = msg["content"]
+        if msg["msg_type"] == "comm_open":
+            state = content["data"].get("state", {})
+            if state.get("_model_name") == "ButtonModel" and state.get("description") == "Stop":
+                stop_id = content["comm_id"]
+        elif msg["msg_type"] == "comm_msg" and content["comm_id"] != stop_id:
+            # The code pane shows the block before it runs; the sub-kernel then sleeps.
+            value = content["data"].get("state", {}).get("value", "")
+            started = started or "time.sleep(60)" in value
+    assert stop_id and started, "the live display never showed the running block"
+    return stop_id
+
+
+@pytest.mark.slow
+def test_the_stop_button_ends_the_run_interrupted(tmp_path):
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        reply = kc.execute_interactive(SLOW_SETUP, timeout=60)
+        assert reply["content"]["status"] == "ok"
+        began = time.monotonic()
+        msg_id = kc.execute(
+            "%%rlm --context text --model root --sub-model root --out s.ipynb --as res\nq"
+        )
+        stop_id = _wait_for_stop_button(kc, began + 30)
+        click = kc.session.msg(
+            "comm_msg",
+            {"comm_id": stop_id, "data": {"method": "custom", "content": {"event": "click"}}},
+        )
+        kc.shell_channel.send(click)
+        while True:
+            reply = kc.get_shell_msg(timeout=30)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        assert reply["content"]["status"] == "ok"
+        assert time.monotonic() - began < 30  # not the 60 s the block sleeps
+        meta = json.loads((tmp_path / "s.ipynb").read_text())["metadata"]["rlm"]
+        assert (meta["status"], meta["stop_reason"]) == ("interrupted", "interrupted")
+        check = kc.execute_interactive(
+            "print(res.status, _rlm is res)", timeout=30, output_hook=_collect(out := [])
+        )
+        assert check["content"]["status"] == "ok"
+        assert "".join(out) == "interrupted True\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def _collect(into: list[str]):
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            into.append(msg["content"]["text"])
+
+    return hook
