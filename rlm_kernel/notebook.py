@@ -635,7 +635,7 @@ def _table_cell(text: str, limit: int = 80) -> str:
     text = " ".join(str(text).split())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return text.replace("\\", "\\\\").replace("|", "\\|")
+    return _escape_html(text).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _tokens(usage: Any) -> str:

@@ -61,6 +61,7 @@ ALLOWED: dict[str, set[str]] = {
     "llm": {"errors", "types", "llm"},
     "types": {"errors"},
     "errors": set(),
+    "trust": {"errors"},
     "runtime": set(),  # runs inside the kernel: the standard library only
     "testing": {"testing"},
 }

@@ -719,3 +719,11 @@ def test_a_save_at_step_200_costs_about_what_it_costs_at_step_1(tmp_path, monkey
     first = min(min(r[:3]) for r in runs)
     last = min(min(r[-3:]) for r in runs)
     assert last <= 1.2 * first, (first, last)
+
+
+def test_table_cells_escape_html(tmp_path):
+    rec = Recorder(tmp_path / "run.ipynb", _meta())
+    rec.meta["models"] = {"root": "function:f.<locals>.root", "sub": "s"}
+    rec.save()
+    summary = notebook.load(tmp_path / "run.ipynb").cells[0].source
+    assert "f.&lt;locals>.root" in summary and "<locals>" not in summary
