@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,7 +30,8 @@ from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (skips when chro
 
 expect = sync_api.expect
 
-# Screenshots; docs/images/jupyterlab-viewer.png and run-notebook.png are copies of two of them.
+# Screenshots; docs/images/jupyterlab-viewer.png, run-notebook.png and live-run.png are copies
+# of three of them.
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 QUESTION = "How many times does the letter a appear in the context?"
@@ -299,3 +301,88 @@ def test_signing_makes_saved_widget_state_render(page, lab):
     open_saved(again, lab, copy.name)
     step_with_keyboard(again)
     expect(step_heading(again)).to_have_text("Step 2")
+
+
+LIVE_SETUP = '''\
+%load_ext rlm_kernel
+ctx = "a b a c a d e"
+calls = []
+
+
+def root_fn(messages):
+    """One block a step: print the step, then wait a second, for as many steps as allowed."""
+    calls.append(messages)
+    k = len(calls)
+    return f"Step {k}: counting.\\n```repl\\nimport time\\nprint('tick {k}')\\ntime.sleep(1)\\n```"
+
+
+def sub_fn(messages):
+    return "unused"
+'''
+LIVE_CELL = (
+    "%%rlm --model root_fn --sub-model sub_fn --context ctx --max-steps 30 --out live-run.ipynb\n"
+    "Count the letters a in the context, one step at a time."
+)
+STDOUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]'
+SHOWN_STEP = re.compile(r"step (\d+) of 30")
+
+
+def live_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(LIVE_SETUP), nbformat.v4.new_code_cell(LIVE_CELL)],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)"},
+            "language_info": {"name": "python"},
+        },
+    )
+    nbformat.write(nb, path)
+    return path
+
+
+def test_live_widget_follows_a_run_and_stop_ends_it(page, lab):
+    ARTIFACTS.mkdir(exist_ok=True)
+    live_notebook(lab.root_dir / "live.ipynb")
+    record = lab.root_dir / "live-run.ipynb"
+    record.unlink(missing_ok=True)
+    open_notebook(page, lab, "live.ipynb")
+    page.keyboard.press("Control+b")  # hide the file browser: more room for the widget
+    page.locator(".jp-Cell .jp-InputArea-editor").first.click()
+    began = time.monotonic()
+    menu(page, "Run", "Run All Cells")
+
+    header = page.locator(".jp-OutputArea-output .widget-html-content", has_text="RLM ").first
+    seen: list[int] = []
+
+    def shown_step_number() -> int:
+        match = SHOWN_STEP.search(header.inner_text()) if header.count() else None
+        if match and (not seen or seen[-1] != int(match.group(1))):
+            seen.append(int(match.group(1)))
+        return seen[-1] if seen else 0
+
+    wait_for(page, lambda: shown_step_number() >= 2, "the live widget to show step 2", 30)
+    first_seen = seen[0]
+    wait_for(page, lambda: shown_step_number() > max(first_seen, 2), "a later step", 10)
+    assert seen == sorted(seen) and seen[-1] > first_seen, seen  # it only counts up
+    assert "RLM running" in header.inner_text()
+    assert "live-run.ipynb" in header.inner_text()  # the link to the run notebook
+    page.screenshot(path=ARTIFACTS / "jupyterlab-live-run.png")
+
+    stop = page.locator(".jp-OutputArea-output button.widget-button", has_text="Stop")
+    expect(stop).to_be_enabled()
+    stopped_at = seen[-1]
+    stop.click()
+    # The line the cell prints when the run ends: "interrupted · k steps · …".
+    summary = page.locator(STDOUT, has_text="interrupted ·")
+    expect(summary).to_have_count(1, timeout=20_000)
+    wait_idle(page)
+    expect(header).to_contain_text("RLM interrupted")
+    expect(stop).to_be_disabled()
+    assert page.locator(".jp-OutputArea-output", has_text="Traceback").count() == 0
+    page.screenshot(path=ARTIFACTS / "jupyterlab-live-run-stopped.png")
+
+    run = nbformat.read(record, as_version=4)
+    nbformat.validate(run)
+    assert run.metadata.rlm.status == "interrupted"
+    # Stopped soon after the click: at most the step in flight was added, far from all 30.
+    assert stopped_at <= run.metadata.rlm.steps <= stopped_at + 1 < 30
+    assert time.monotonic() - began < 30
