@@ -18,7 +18,6 @@ so the committed copy shows its outputs. Needs the ``test`` extra (nbclient); no
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import sys
@@ -283,19 +282,9 @@ def record(example: Example) -> Path:
     example.write_context(context)
     models = {ROOT_MODEL: ScriptedModel(example.root), SUB_MODEL: example.sub or _unused_sub}
     target = HERE / f"{example.name}.ipynb"
-    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
-    with FakeModelServer(models) as server:
-        os.environ["ANTHROPIC_BASE_URL"] = server.anthropic_base_url
-        os.environ["ANTHROPIC_API_KEY"] = server.api_key
-        try:
-            rlm = RLM(f"anthropic:{ROOT_MODEL}", f"anthropic:{SUB_MODEL}")
-            result = rlm.run(example.question, context=context, notebook=target)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with FakeModelServer(models) as server, server.environment():
+        rlm = RLM(f"anthropic:{ROOT_MODEL}", f"anthropic:{SUB_MODEL}")
+        result = rlm.run(example.question, context=context, notebook=target)
     if result.status != "answered":
         raise SystemExit(f"{target.name}: the run ended {result.status}: {result.error}")
     add_note(target, NOTE.format(context=f"data/{example.context}") + example.extra)

@@ -10,7 +10,6 @@ Push the folder to a GitHub repository and :func:`binder_url` opens the notebook
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from urllib.parse import quote
 import nbformat
 
 from . import __version__, notebook
+from .context import file_sha256
 from .errors import ContextError, NotebookFormatError, OutputPathError, UsageError
 from .replay import resolve_context
 
@@ -139,7 +139,7 @@ def bundle_run(
             target = work / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(found.path, target)
-            if _sha256(target) != found.sha256:
+            if file_sha256(target) != found.sha256:
                 raise ContextError(f"the copy of the context file {found.path} does not match it")
             _copy_notebook(source, nb, work / source.name, rel if moved else None)
         (work / "binder").mkdir()
@@ -203,14 +203,6 @@ def _copy_notebook(source: Path, nb: nbformat.NotebookNode, target: Path, rel: s
     except nbformat.ValidationError as e:
         raise NotebookFormatError(f"the bundled notebook would not be valid: {e.message}") from e
     nbformat.write(nb, str(target))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _readme(nb: nbformat.NotebookNode, name: str, context: str | None, url: str | None) -> str:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -195,18 +194,8 @@ def _scripted_models() -> Iterator[None]:
             demo.SCRIPTED_SUB_MODEL: demo.rule_sub_model,
         }
     )
-    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
-    with server:
-        os.environ["ANTHROPIC_BASE_URL"] = server.anthropic_base_url
-        os.environ["ANTHROPIC_API_KEY"] = server.api_key
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with server, server.environment():
+        yield
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

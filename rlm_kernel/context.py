@@ -143,12 +143,13 @@ def _load_path(path: Path, warnings: list[str]) -> str | list | dict:
     return _read_text(path, warnings)
 
 
-def _fingerprint(path: Path) -> tuple[int, str]:
-    size = path.stat().st_size
-    if size == 0:
-        return 0, hashlib.sha256(b"").hexdigest()
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        return size, hashlib.sha256(mm).hexdigest()
+def file_sha256(path: os.PathLike | str) -> str:
+    """Hex SHA-256 of a file's bytes (read through ``mmap``: no copy of a large file)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return hashlib.sha256(mm).hexdigest()
 
 
 def _describe(value: str | list | dict) -> tuple[int | None, tuple[int, ...]]:
@@ -219,7 +220,7 @@ def prepare(context: ContextInput, dest_stem: Path) -> ContextInfo:
         target = Path(f"{dest_stem}.context.{'txt' if kind == 'text' else 'json'}").resolve()
         _write(value, target)
 
-    size, digest = _fingerprint(target)
+    size, digest = target.stat().st_size, file_sha256(target)
     if kind == "text":
         chars, preview = len(value), value[:PREVIEW_CHARS]  # type: ignore[arg-type]
     else:

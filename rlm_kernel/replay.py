@@ -30,6 +30,7 @@ from typing import Any, Literal
 import nbformat
 
 from . import notebook, parse, runtime
+from .context import file_sha256
 from .errors import ContextError, ModelError, NotebookFormatError, OutputPathError, UsageError
 from .kernel import ExecResult, KernelSession
 from .outputs import render_text, strip_ansi
@@ -435,14 +436,6 @@ class ReplayContext:
         return json.loads(text) if self.kind == "json" else text
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_context(meta: Mapping[str, Any], notebook_dir: str | os.PathLike[str]) -> ReplayContext:
     """Find the run's context file beside the notebook and check it against its fingerprint.
 
@@ -463,7 +456,7 @@ def resolve_context(meta: Mapping[str, Any], notebook_dir: str | os.PathLike[str
         embedded = None  # an embedded copy that does not match the record cannot stand in
     if path.is_file():
         try:
-            actual = _file_sha256(path)
+            actual = file_sha256(path)
         except OSError as e:
             raise ContextError(f"cannot read the run's context file {path}: {e.strerror}") from e
         if actual == expected:

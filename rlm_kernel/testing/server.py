@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import secrets
 import socket
 import sys
@@ -271,6 +272,23 @@ class FakeModelServer:
             "OPENAI_BASE_URL": self.openai_base_url,
             "OPENAI_API_KEY": self.api_key,
         }
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        """Point both SDKs at this server in ``os.environ`` for the ``with`` block, then restore.
+
+        For code run in this process (the pytest fixture does the same with ``monkeypatch``).
+        """
+        saved = {name: os.environ.get(name) for name in self.env()}
+        os.environ.update(self.env())
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     # -- lifecycle -----------------------------------------------------------------------------
 
