@@ -7,10 +7,10 @@ import json
 import time
 from pathlib import Path
 
-import nbclient
 import nbformat
 import pytest
 from jupyter_client.manager import start_new_kernel
+from nbrun import execute_notebook
 
 from rlm_kernel.magic import await_rlm_cells, parse_rlm_line
 
@@ -30,15 +30,7 @@ def sub(messages):
 
 def execute(folder: Path, *cells: str, allow_errors: bool = False) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=60,
-        kernel_name="python3",
-        allow_errors=allow_errors,
-        resources={"metadata": {"path": str(folder)}},
-    )
-    client.execute()
-    return nb
+    return execute_notebook(nb, folder, allow_errors=allow_errors)
 
 
 def stdout(cell) -> str:

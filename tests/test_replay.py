@@ -14,6 +14,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+from nbrun import execute_notebook
 
 from rlm_kernel import RLM, runtime
 from rlm_kernel.cli import main
@@ -343,15 +344,7 @@ def test_a_file_that_is_not_a_run_notebook_is_bad_input(tmp_path, capsys):
 
 
 def execute(nb: nbformat.NotebookNode, folder: Path, allow_errors: bool = False):
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=60,
-        kernel_name="python3",
-        allow_errors=allow_errors,
-        resources={"metadata": {"path": str(folder)}},
-    )
-    client.execute()
-    return nb
+    return execute_notebook(nb, folder, allow_errors=allow_errors)
 
 
 def texts(cell) -> str:
