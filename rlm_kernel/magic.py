@@ -16,6 +16,8 @@ and a live widget of the run (see ``docs/interactive.md``).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import json
 import os
 import shlex
@@ -29,6 +31,7 @@ from IPython.display import publish_display_data
 from . import replay
 from .context import ContextInput
 from .errors import RLMKernelError
+from .here import HereSession, in_worker_thread
 from .run import RLM
 from .types import RunResult
 
@@ -127,6 +130,7 @@ def _rlm_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output-chars", type=int)
     p.add_argument("--approve", action="store_true")
     p.add_argument("--no-display", action="store_true")
+    p.add_argument("--here", action="store_true")
     p.add_argument("--as", dest="name", metavar="NAME")
     return p
 
@@ -163,9 +167,15 @@ class RLMMagics(Magics):
         or the name of a variable holding an LLM or a function), ``--out NOTEBOOK``, the limits
         (``--max-steps``, ``--max-subcalls``, ``--max-cost``, ``--max-depth``,
         ``--cell-timeout``, ``--timeout``, ``--max-output-chars``), ``--approve``,
-        ``--no-display`` and ``--as NAME``. The result is stored in ``_rlm`` (and ``NAME``).
+        ``--no-display``, ``--here`` (run the model's code in this kernel, leaving its variables
+        here) and ``--as NAME``. The result is stored in ``_rlm`` (and ``NAME``).
         """
         rlm, question, context, args = self._prepare(line, cell)
+        if args.here:
+            raise IPythonUsageError(
+                "%%rlm --here needs the kernel's autoawait (on by default in Jupyter): "
+                "turn it on with %autoawait on"
+            )
         try:
             result = rlm.run(question, context, notebook=args.out)
         except RLMKernelError as e:
@@ -179,7 +189,15 @@ class RLMMagics(Magics):
         """
         rlm, question, context, args = self._prepare(line, cell)
         try:
-            result = await rlm.arun(question, context, notebook=args.out)
+            if args.here:
+                # The loop goes to a worker thread; this one runs the model's code (here.py).
+                rlm.session = functools.partial(
+                    HereSession, shell=self.shell, loop=asyncio.get_running_loop()
+                )
+                run = in_worker_thread(rlm.arun(question, context, notebook=args.out))
+                result = await asyncio.wrap_future(run)
+            else:
+                result = await rlm.arun(question, context, notebook=args.out)
         except RLMKernelError as e:
             raise IPythonUsageError(str(e)) from None
         self._keep(result, args)
@@ -200,10 +218,13 @@ class RLMMagics(Magics):
                 for k, v in (("model", args.model), ("sub_model", args.sub_model))
                 if v is not None
             }
+            if args.here and args.approve:
+                raise ValueError("%%rlm: --here and --approve cannot be combined yet")
             rlm = RLM(
                 **models,
                 approve=True if args.approve else None,
-                display=False if args.no_display else None,
+                # The live widget lives on the kernel's thread; --here runs the loop elsewhere.
+                display=False if args.no_display or args.here else None,
                 **limits,
             )
         except (ValueError, RLMKernelError) as e:

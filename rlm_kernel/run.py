@@ -127,6 +127,10 @@ class RLM:
             (``rlm_kernel.live``).
         display: the live widget in Jupyter (``rlm_kernel.live.LiveDisplay``): ``None`` shows it
             in a Jupyter kernel when no hook is given, ``True`` always, ``False`` never.
+        session: where the model's code runs: a callable taking ``setup_code=`` and returning
+            an async context manager with ``execute(code, *, timeout, collector)``. By default
+            a fresh :class:`~rlm_kernel.kernel.KernelSession` per run;
+            :class:`rlm_kernel.here.HereSession` runs it in the current IPython kernel.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class RLM:
         embed_context: bool = False,
         approve: Hook | bool | None = None,
         display: bool | None = None,
+        session: Callable[..., Any] | None = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -166,6 +171,7 @@ class RLM:
         self.embed_context = embed_context
         self.approve = approve
         self.display = display
+        self.session = session
 
     async def arun(
         self,
@@ -431,11 +437,12 @@ class _Run:
                     context_path=str(self.info.path),
                     context_kind=self.info.kind,
                 )
-                # The kernel's state dies with the run (no history, a scratch folder), so it is
+                # A run's own kernel dies with the run (no history, a scratch folder), so it is
                 # stopped at once rather than asked to shut down, which ipykernel can hang on.
-                async with KernelSession(
-                    kernel_name=self.rlm.kernel_name, setup_code=setup, shutdown_grace=0
-                ) as ks:
+                session = self.rlm.session or functools.partial(
+                    KernelSession, kernel_name=self.rlm.kernel_name, shutdown_grace=0
+                )
+                async with session(setup_code=setup) as ks:
                     answer, stop_reason = await self._loop(ks)
             status = "answered" if answer is not None else "no_answer"
         except RunStopped:

@@ -199,3 +199,44 @@ def _collect(into: list[str]):
             into.append(msg["content"]["text"])
 
     return hook
+
+
+HERE_SETUP = """
+%load_ext rlm_kernel
+import os
+ctx = "one two three"
+
+def root(messages):
+    if len(messages) == 2:
+        return (
+            "```repl\\nmade_here = len(context.split())\\nreply = llm_query('hi')\\n"
+            "print(reply)\\nmade_here\\n```"
+        )
+    if len(messages) == 4:
+        return "```repl\\nwhile True:\\n    pass\\n```"
+    return "FINAL_VAR(made_here)"
+
+def sub(messages):
+    return "sub says " + messages[-1]["content"]
+"""
+
+
+def test_here_runs_the_code_in_this_kernel_and_leaves_its_variables(tmp_path):
+    nb = execute(
+        tmp_path,
+        HERE_SETUP,
+        "%%rlm --here --model root --sub-model sub --context ctx --cell-timeout 2 "
+        "--out here.ipynb --as res\nHow many words?",
+        "print(made_here + 1, reply, res.status, res.answer)",
+    )
+    assert stdout(nb.cells[2]).strip() == "4 sub says hi answered 3"
+    run = nbformat.read(tmp_path / "here.ipynb", as_version=4)
+    nbformat.validate(run)
+    cells = [c for c in run.cells if "rlm-code" in c.metadata.get("tags", [])]
+    first, endless = cells[0], cells[1]
+    assert "sub says hi" in first.outputs[0].text
+    assert first.outputs[-1].data["text/plain"] == "3"  # the value of the last expression
+    assert first.metadata.rlm.subcalls[0].response == "sub says hi"
+    assert endless.metadata.rlm.exec.status == "timeout"  # interrupted, and the kernel lives on
+    assert endless.outputs[-1].ename == "KeyboardInterrupt"
+    assert run.metadata.rlm.status == "answered"
