@@ -12,10 +12,11 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from . import __version__, bundle, demo, replay, viewer
 from .errors import NotebookFormatError, UsageError
+from .live import TerminalProgress
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
 from .run import RLM, recorded_models
 from .types import Limits, RunResult
@@ -27,31 +28,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage dump: the message says what to fix.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class Progress:
-    """Hooks that print one line per step and per block on stderr."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream
-
-    def on_step(self, *, step, max_steps, blocks, usage, subcalls, cost_usd, elapsed_s, **_):
-        tokens = sum(u.total_tokens for u in usage.values())
-        cost = "cost unknown" if cost_usd is None else f"${cost_usd:.4f}"
-        self._print(
-            f"step {step}/{max_steps}: {blocks} code block{'s' * (blocks != 1)} · "
-            f"{tokens:,} tokens · {subcalls} sub-calls · {cost} · {elapsed_s:.1f}s"
-        )
-
-    def on_output(self, *, step, block, status, shown, **_):
-        if status != "ok":
-            self._print(f"  block {step}.{block}: {status}")
-
-    def hooks(self) -> dict[str, Any]:
-        return {"on_step": self.on_step, "on_output": self.on_output}
-
-    def _print(self, line: str) -> None:
-        print(line, file=self.stream or sys.stderr, flush=True)
 
 
 def _limit_args(p: argparse.ArgumentParser) -> None:
@@ -171,9 +147,10 @@ def _report(result: RunResult, args: argparse.Namespace) -> int:
 
 
 def _rlm(args: argparse.Namespace, model: str, sub_model: str) -> RLM:
-    hooks = {} if (args.quiet or args.json) else Progress().hooks()
+    hooks = {} if (args.quiet or args.json) else TerminalProgress().hooks()
     embed = getattr(args, "embed_context", False)
-    return RLM(model, sub_model, embed_context=embed, **_limits(args), **hooks)
+    # display=False: the command line prints its own progress (or none, with --quiet / --json).
+    return RLM(model, sub_model, embed_context=embed, display=False, **_limits(args), **hooks)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

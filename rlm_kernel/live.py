@@ -439,6 +439,31 @@ class WidgetApprover:
 # -- what RLM calls ------------------------------------------------------------------------------
 
 
+class TerminalProgress:
+    """Hooks that print one line per step, and one per block that did not run cleanly, on stderr."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    def on_step(self, *, step, max_steps, blocks, usage, subcalls, cost_usd, elapsed_s, **_):
+        tokens = sum(u.total_tokens for u in usage.values())
+        cost = "cost unknown" if cost_usd is None else f"${cost_usd:.4f}"
+        self._print(
+            f"step {step}/{max_steps}: {blocks} code block{'s' * (blocks != 1)} · "
+            f"{tokens:,} tokens · {subcalls} sub-calls · {cost} · {elapsed_s:.1f}s"
+        )
+
+    def on_output(self, *, step, block, status, shown, **_):
+        if status != "ok":
+            self._print(f"  block {step}.{block}: {status}")
+
+    def hooks(self) -> dict[str, Any]:
+        return {"on_step": self.on_step, "on_output": self.on_output}
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+
 def attach(
     *,
     display: bool | None,
@@ -475,6 +500,9 @@ def attach(
             )
         else:
             approver = WidgetApprover()
+    if display is None and not jupyter and not any(hooks.values()) and sys.stderr.isatty():
+        # In a terminal the same information is a line per step on stderr.
+        return TerminalProgress().hooks(), approver, None
     if display is None:
         display = jupyter and not any(hooks.values()) and _has_ipywidgets()
     if not display:

@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str]] = {
         "bundle",
         "demo",
         "errors",
+        "live",
         "llm",
         "replay",
         "run",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shlex
+import shutil
 import sys
 import threading
 import time
@@ -215,3 +217,25 @@ def test_the_widget_approver_is_driven_by_its_buttons(tmp_path):
     assert cells[1].metadata.rlm.exec.status == "skipped"
     assert cells[2].outputs[0].text == "42\n"
     assert approver.editor.disabled and "waiting for the model" in approver.label.value
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) from util-linux")
+def test_in_a_terminal_a_run_prints_a_line_per_step(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "from rlm_kernel import RLM\n"
+        "replies = iter(['```repl\\nx = 1\\n```', 'FINAL(1)'])\n"
+        "RLM(lambda m: next(replies), lambda m: '').run('q', 'ctx', notebook='t.ipynb')\n"
+    )
+    # script(1) gives the child a terminal for stderr, as a person's shell would.
+    proc = subprocess.run(
+        ["script", "-qec", f"{sys.executable} -c {shlex.quote(script)}", "/dev/null"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "step 1/30: 1 code block" in proc.stdout and "step 2/30" in proc.stdout
