@@ -14,14 +14,20 @@ from .errors import (
     UnknownProviderError,
     UsageError,
 )
+from .live import attach as _attach_display
 from .llm import LLM, register_provider
 from .run import RLM
+from .run import set_default_display as _set_default_display
 from .types import Completion, Limits, RunResult, Usage
 
 if _typing.TYPE_CHECKING:
     from .widgets import RunViewer
 
 __version__ = "0.1.0"
+
+# The run core shows nothing itself; the user interface registers what shows a run by default
+# (a live widget in Jupyter, a line per step in a terminal).
+_set_default_display(_attach_display)
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -17,31 +17,41 @@ another machine, reached through a tunnel). Every message in either direction is
        → {"op": "hello", "token": "<the server's token>"}
        ← {"op": "hello", "ok": true}
 
-   A wrong token (or any other first frame) gets ``{"error": "...", "type": "AuthError"}`` and
-   the server closes the connection. Frames before authentication are limited to 64 KiB.
+   A wrong token (or any other first frame) gets an ``AuthError`` record and the server closes
+   the connection. Frames before authentication are limited to 64 KiB.
 
 2. After that each request carries an integer ``"id"`` chosen by the kernel, and its response
    echoes it. Responses may arrive in any order, so several requests can be in flight on one
    connection (several threads in the kernel may share it).
 
-   Sub-calls, ``kind`` ``"llm"`` or ``"rlm"``::
+   Sub-calls, ``kind`` ``"llm"`` or ``"rlm"`` (``rlm_query``: child runs), each naming the cell
+   that made it (``"cell"``, the id the host put on the execute request, or ``null``)::
 
-       → {"id": 7, "op": "subcall", "kind": "llm", "prompts": ["...", ...], "model": null}
+       → {"id": 7, "op": "subcall", "kind": "llm", "prompts": ["...", ...], "model": null,
+          "cell": "step-3-code-1"}
        ← {"id": 7, "results": [{"ok": "answer"},
-                               {"error": "ValueError: ...", "type": "SubcallError"},
-                               {"error": "sub-call budget exhausted", "type": "BudgetExceeded"},
+                               {"error": {"type": "SubcallError", "message": "...",
+                                          "retries": 2}},
+                               {"error": {"type": "BudgetExceeded", "message": "...",
+                                          "retries": 0}},
                                ...]}
 
+   A ``"rlm"`` request may carry ``"contexts"``: one entry per prompt, ``null`` or
+   ``{"path": ..., "kind": "text" | "json"}``, a file the kernel wrote in the run's hand-off
+   folder, which the host then owns.
+
    Results are in prompt order. The prompts of a request run concurrently, and at most
-   ``max_concurrency`` sub-calls run at once across all connections of the server.
+   ``max_concurrency`` sub-calls run at once across all connections of the server. An error is
+   always a record ``{type, message, retries}``: ``type`` names the exception the kernel's
+   code raises (``rlm_kernel.errors.WIRE_TYPES``).
 
    The final answer, ``via`` ``"FINAL"``, ``"FINAL_VAR"`` or ``"answer"``::
 
-       → {"id": 8, "op": "final", "value": "42", "via": "FINAL"}
+       → {"id": 8, "op": "final", "value": "42", "via": "FINAL", "cell": "step-3-code-1"}
        ← {"id": 8, "ok": true}
 
    A request the server cannot serve (unknown op, malformed fields, a failing ``final``) gets
-   ``{"id": ..., "error": "...", "type": "ProtocolError" | "SubcallError" | "BudgetExceeded"}``.
+   ``{"id": ..., "error": {"type": "ProtocolError" | ..., "message": "...", "retries": 0}}``.
 
 When a connection closes (say the kernel was interrupted in the middle of a call and dropped it),
 the sub-calls still running for it are cancelled.
@@ -59,11 +69,13 @@ import stat
 import struct
 import sys
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import BridgeError, BudgetExceeded
+from .errors import BridgeError
+from .record import ErrorRecord
 
-__all__ = ["BridgeServer", "SubcallHandler"]
+__all__ = ["BridgeServer", "SubcallHandler", "SubcallRequest"]
 
 _HEADER = struct.Struct(">I")
 _MAX_HELLO_BYTES = 64 * 1024
@@ -72,19 +84,41 @@ _KEEP_BUFFER = 1024 * 1024
 _KINDS = ("llm", "rlm")
 _EAGER_TASKS = sys.version_info >= (3, 12)
 _VIAS = ("FINAL", "FINAL_VAR", "answer")
+_CLOSE_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class SubcallRequest:
+    """One prompt of a ``subcall`` request, as the handler gets it.
+
+    Attributes:
+        prompt: the prompt.
+        kind: ``llm`` or ``rlm``.
+        model: the model asked for, or ``None`` for the run's sub-model.
+        cell: the id of the cell that made the call, as the kernel sent it.
+        context: for ``rlm``, the hand-off file ``{"path", "kind"}`` of the child's context.
+    """
+
+    prompt: str
+    kind: str = "llm"
+    model: str | None = None
+    cell: str | None = None
+    context: dict[str, str] | None = None
 
 
 class SubcallHandler(Protocol):
     """What the server asks of the host: run one sub-call, take the final answer."""
 
-    async def subcall(self, prompt: str, *, model: str | None, kind: str) -> str:
-        """Answer one prompt; raise ``errors.BudgetExceeded`` when a budget is used up.
+    async def subcall(self, request: SubcallRequest) -> str:
+        """Answer one prompt.
 
-        Any other exception counts as a failed sub-call and reaches the kernel as its message.
+        An exception reaches the kernel as the error record of
+        :meth:`rlm_kernel.record.ErrorRecord.from_exception` (``BudgetExceeded`` stays
+        ``BudgetExceeded``; anything else is a ``SubcallError``).
         """
         ...
 
-    async def final(self, value: str, *, via: str) -> None:
+    async def final(self, value: str, *, via: str, cell: str | None) -> None:
         """Take the run's final answer, sent by ``FINAL``, ``FINAL_VAR`` or the ``answer`` dict."""
         ...
 
@@ -94,10 +128,12 @@ def _encode(message: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"error": ErrorRecord.from_exception(exc).to_metadata()}
+
+
+def _protocol_error(message: str, kind: str = "ProtocolError") -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "retries": 0}}
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -172,7 +208,7 @@ class _Connection(asyncio.BufferedProtocol):
             transport.write(_encode(message))
 
     def _refuse(self, reason: str) -> None:
-        self._send({"error": f"authentication failed: {reason}", "type": "AuthError"})
+        self._send(_protocol_error(f"authentication failed: {reason}", "AuthError"))
         assert self._transport is not None
         self._transport.close()
 
@@ -185,7 +221,7 @@ class _Connection(asyncio.BufferedProtocol):
             if not self._authenticated:
                 self._refuse("the first frame must be a JSON object")
             else:
-                self._send({"error": "each frame must be a JSON object", "type": "ProtocolError"})
+                self._send(_protocol_error("each frame must be a JSON object"))
             return
         if not self._authenticated:
             token = msg.get("token")
@@ -201,16 +237,21 @@ class _Connection(asyncio.BufferedProtocol):
             return
         rid = msg.get("id")
         if not isinstance(rid, int) or isinstance(rid, bool):
-            self._send({"error": "a request needs an integer 'id'", "type": "ProtocolError"})
+            self._send(_protocol_error("a request needs an integer 'id'"))
             return
         problem = _check_request(msg)
         if problem:
-            self._send({"id": rid, "error": problem, "type": "ProtocolError"})
+            self._send({"id": rid, **_protocol_error(problem)})
             return
         if msg["op"] == "subcall":
-            coro = self._subcall(rid, msg["prompts"], msg.get("model"), msg["kind"])
+            contexts = msg.get("contexts") or [None] * len(msg["prompts"])
+            requests = [
+                SubcallRequest(p, msg["kind"], msg.get("model"), msg.get("cell"), c)
+                for p, c in zip(msg["prompts"], contexts, strict=True)
+            ]
+            coro = self._subcall(rid, requests)
         else:
-            coro = self._final(rid, msg["value"], msg["via"])
+            coro = self._final(rid, msg["value"], msg["via"], msg.get("cell"))
         self._start(coro)
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -224,24 +265,22 @@ class _Connection(asyncio.BufferedProtocol):
         if not task.done():
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            self._server._tasks.add(task)
+            task.add_done_callback(self._server._tasks.discard)
 
-    async def _subcall(self, rid: int, prompts: list[str], model: str | None, kind: str) -> None:
+    async def _subcall(self, rid: int, requests: list[SubcallRequest]) -> None:
         run = self._server._run_one
-        if len(prompts) == 1:
-            results = [await run(prompts[0], model, kind)]
+        if len(requests) == 1:
+            results = [await run(requests[0])]
         else:
-            results = list(await asyncio.gather(*[run(p, model, kind) for p in prompts]))
+            results = list(await asyncio.gather(*[run(r) for r in requests]))
         self._send({"id": rid, "results": results})
 
-    async def _final(self, rid: int, value: str, via: str) -> None:
+    async def _final(self, rid: int, value: str, via: str, cell: str | None) -> None:
         try:
-            await self._server._handler.final(value, via=via)
-        except BudgetExceeded as exc:
-            self._send(
-                {"id": rid, "error": str(exc) or "budget exhausted", "type": "BudgetExceeded"}
-            )
+            await self._server._handler.final(value, via=via, cell=cell)
         except Exception as exc:
-            self._send({"id": rid, "error": _describe(exc), "type": "SubcallError"})
+            self._send({"id": rid, **_error(exc)})
         else:
             self._send({"id": rid, "ok": True})
 
@@ -258,6 +297,21 @@ def _check_request(msg: dict[str, Any]) -> str:
         model = msg.get("model")
         if model is not None and not isinstance(model, str):
             return "'model' must be a string or null"
+        if msg.get("cell") is not None and not isinstance(msg.get("cell"), str):
+            return "'cell' must be a string or null"
+        contexts = msg.get("contexts")
+        if contexts is not None:
+            if msg.get("kind") != "rlm":
+                return "'contexts' goes with kind 'rlm' only"
+            if not isinstance(contexts, list) or len(contexts) != len(prompts):
+                return "'contexts' must be a list with one entry per prompt"
+            for c in contexts:
+                if c is not None and not (
+                    isinstance(c, dict)
+                    and isinstance(c.get("path"), str)
+                    and c.get("kind") in ("text", "json")
+                ):
+                    return "each context must be null or {'path': str, 'kind': 'text'|'json'}"
         return ""
     if op == "final":
         if not isinstance(msg.get("value"), str):
@@ -281,6 +335,8 @@ class BridgeServer:
         unix_path: where to create the socket; ``None`` listens on TCP at ``host`` on a free port.
         host: the TCP interface, when ``unix_path`` is ``None``.
         max_concurrency: sub-calls running at once across all connections.
+        slots: a semaphore shared with other servers (a run tree's cap), instead of one of
+            ``max_concurrency`` slots of its own.
     """
 
     def __init__(
@@ -290,9 +346,11 @@ class BridgeServer:
         unix_path: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         max_concurrency: int = 16,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        self._shared_slots = slots
         self._handler = handler
         self._unix_path = os.fspath(unix_path) if unix_path is not None else None
         self._host = host
@@ -301,6 +359,7 @@ class BridgeServer:
         self._address = ""
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # every connection's, until done
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -315,7 +374,7 @@ class BridgeServer:
         if self._server is not None:
             raise BridgeError("the bridge server is already running")
         loop = asyncio.get_running_loop()
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._slots = self._shared_slots or asyncio.Semaphore(self.max_concurrency)
         if self._unix_path is not None:
             path = self._unix_path
             with contextlib.suppress(FileNotFoundError):
@@ -341,8 +400,13 @@ class BridgeServer:
         if server is None:
             return
         server.close()
+        tasks = set(self._tasks)
         for conn in list(self._connections):
             conn.abort()
+        if tasks:
+            # Let cancelled work finish its own clean-up (a child run writes its notebook and
+            # stops its kernel), within a deadline.
+            await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
         await server.wait_closed()
         if self._unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -355,16 +419,22 @@ class BridgeServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _run_one(self, prompt: str, model: str | None, kind: str) -> dict[str, str]:
+    async def _run_one(self, request: SubcallRequest) -> dict[str, Any]:
         assert self._slots is not None
+        if request.kind == "rlm":
+            # A child run makes sub-calls of its own under the same cap: holding a slot while
+            # it runs could use up every slot and leave the children waiting for themselves.
+            return await self._answer(request)
         async with self._slots:
-            try:
-                text = await self._handler.subcall(prompt, model=model, kind=kind)
-            except BudgetExceeded as exc:
-                return {"error": str(exc) or "budget exhausted", "type": "BudgetExceeded"}
-            except Exception as exc:
-                return {"error": _describe(exc), "type": "SubcallError"}
+            return await self._answer(request)
+
+    async def _answer(self, request: SubcallRequest) -> dict[str, Any]:
+        try:
+            text = await self._handler.subcall(request)
+        except Exception as exc:
+            return _error(exc)
         if not isinstance(text, str):
-            message = f"the sub-call returned {type(text).__name__}, expected str"
-            return {"error": message, "type": "SubcallError"}
+            return _protocol_error(
+                f"the sub-call returned {type(text).__name__}, expected str", "SubcallError"
+            )
         return {"ok": text}

@@ -17,12 +17,11 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-import nbformat
-
-from . import __version__, notebook
-from .context import file_sha256
+from . import __version__
+from .context import file_sha256, resolve_context
 from .errors import ContextError, NotebookFormatError, OutputPathError, UsageError
-from .replay import resolve_context
+from .record import RunNotebook, read, relocate, write_notebook
+from .tree import children_dir
 
 __all__ = ["Bundle", "binder_url", "bundle_run", "requirements"]
 
@@ -122,13 +121,15 @@ def bundle_run(
         raise UsageError("--ref needs --repo OWNER/NAME (the repository the bundle is pushed to)")
     url = binder_url(repo, ref or "HEAD", source.name) if repo is not None else None
     try:
-        nb = notebook.load(source)
+        run = read(source)
     except NotebookFormatError as e:
         raise UsageError(str(e)) from None
-    found = resolve_context(nb.metadata.rlm, source.parent)
+    found = resolve_context(run.run.context, source.parent)
     _check_dest(dest)
-    rel = _context_target(nb.metadata.rlm["context"]["path"], source.name)
-    moved = found.path is not None and rel != nb.metadata.rlm["context"]["path"]
+    recorded = str(run.run.context["path"])
+    rel = _context_target(recorded, source.name)
+    moved = found.path is not None and rel != recorded
+    tree = children_dir(source) if run.children() else None
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -141,11 +142,16 @@ def bundle_run(
             shutil.copyfile(found.path, target)
             if file_sha256(target) != found.sha256:
                 raise ContextError(f"the copy of the context file {found.path} does not match it")
-            _copy_notebook(source, nb, work / source.name, rel if moved else None)
+            _copy_notebook(source, run, work / source.name, rel if moved else None)
+        if tree is not None and tree.is_dir():
+            # Child notebooks link each other and their contexts by relative paths inside this
+            # folder, so the folder is copied as it is.
+            shutil.copytree(tree, work / tree.name, ignore=shutil.ignore_patterns(".handoff-*"))
         (work / "binder").mkdir()
         (work / "binder" / "requirements.txt").write_text(requirements(), encoding="utf-8")
         ctx_name = rel if found.path is not None else None
-        (work / "README.md").write_text(_readme(nb, source.name, ctx_name, url), encoding="utf-8")
+        readme = _readme(run, source.name, ctx_name, url)
+        (work / "README.md").write_text(readme, encoding="utf-8")
         work.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
         if dest.exists():
             dest.rmdir()  # checked empty above
@@ -193,25 +199,22 @@ def _context_target(recorded: str, notebook_name: str) -> str:
     return name
 
 
-def _copy_notebook(source: Path, nb: nbformat.NotebookNode, target: Path, rel: str | None) -> None:
+def _copy_notebook(source: Path, run: RunNotebook, target: Path, rel: str | None) -> None:
     if rel is None:
         shutil.copyfile(source, target)  # byte for byte: nothing to change
         return
-    nb.metadata.rlm["context"]["path"] = rel
-    try:
-        nbformat.validate(nb)
-    except nbformat.ValidationError as e:
-        raise NotebookFormatError(f"the bundled notebook would not be valid: {e.message}") from e
-    nbformat.write(nb, str(target))
+    copy_nb = relocate(run.nb, source, target)
+    copy_nb.metadata.rlm["context"]["path"] = rel
+    write_notebook(copy_nb, target)
 
 
-def _readme(nb: nbformat.NotebookNode, name: str, context: str | None, url: str | None) -> str:
-    meta = nb.metadata.rlm
-    question = " ".join(str(meta.get("question") or "").split())
-    answer = " ".join(str(meta.get("answer") or "(no answer)").split())
-    models = meta.get("models") or {}
+def _readme(run: RunNotebook, name: str, context: str | None, url: str | None) -> str:
+    meta = run.run
+    question = " ".join(meta.question.split())
+    answer = " ".join(str(meta.answer or "(no answer)").split())
+    models = meta.models
     ctx = (
-        f"- `{context}`: its context (sha256 `{meta['context']['sha256'][:12]}…`, checked)"
+        f"- `{context}`: its context (sha256 `{meta.context['sha256'][:12]}…`, checked)"
         if context
         else "- the context is embedded in the notebook"
     )

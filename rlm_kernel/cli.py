@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, bundle, demo, replay, viewer
+from . import __version__, bundle, demo, verify, viewer
 from .errors import NotebookFormatError, UsageError
 from .live import TerminalProgress
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
     rp.add_argument("--out", type=Path, help="write a copy with the replayed outputs")
     rp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    rp.add_argument(
+        "--shallow",
+        action="store_true",
+        help="replay this notebook only; child runs answer from its record",
+    )
 
     vw = sub.add_parser("view", help="summarize a run in the terminal, or export offline HTML")
     vw.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
@@ -203,12 +208,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    def show(cell: replay.CellReport) -> None:
+    def show(cell: verify.CellReport) -> None:
         if not args.json:
             print(cell.render(), file=sys.stderr)
 
     try:
-        report = asyncio.run(replay.areplay_notebook(args.notebook, out=args.out, on_cell=show))
+        report = asyncio.run(
+            verify.areplay_notebook(args.notebook, out=args.out, on_cell=show, shallow=args.shallow)
+        )
     except NotebookFormatError as e:
         raise UsageError(str(e)) from None
     if args.json:

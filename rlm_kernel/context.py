@@ -3,16 +3,18 @@
 A text file that is valid UTF-8 is used where it lies (no copy); everything else (Python objects,
 JSON that needs normalising, several files, a directory, text with invalid bytes) is written once
 next to the run notebook. The kernel reads the file through ``mmap``; the context never travels
-as a code literal.
+as a code literal. :func:`resolve_context` finds a recorded run's context again and checks it
+against its fingerprint (replay, forks, bundles).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -239,4 +241,78 @@ def prepare(context: ContextInput, dest_stem: Path) -> ContextInfo:
         items=items,
         lengths=lengths,
         warnings=tuple(warnings),
+    )
+
+
+# --------------------------------------------------------------------------- a recorded context
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedContext:
+    """A recorded run's context, found beside its notebook and verified.
+
+    Attributes:
+        kind: ``text`` or ``json``, how the kernel decodes it.
+        sha256: the recorded checksum, which the file (or embedded text) matches.
+        path: the verified file, or ``None`` when the notebook's embedded text is used.
+        embedded: the text embedded in the notebook, when no matching file was found.
+    """
+
+    kind: str
+    sha256: str
+    path: Path | None = None
+    embedded: str | None = None
+
+    def value(self) -> Any:
+        """The context as the kernel sees it (only for an embedded context)."""
+        text = self.embedded or ""
+        return json.loads(text) if self.kind == "json" else text
+
+
+def resolve_context(
+    meta: Mapping[str, Any], notebook_dir: str | os.PathLike[str]
+) -> RecordedContext:
+    """Find a run's context file beside its notebook and check it against its fingerprint.
+
+    Args:
+        meta: the notebook's ``metadata.rlm.context`` (a mapping with ``sha256``, ``path``,
+            ``kind``/``type`` and maybe ``embedded``).
+        notebook_dir: the folder of the notebook (``path`` is relative to it).
+
+    A missing or different file falls back to the ``embedded`` text when the notebook carries
+    its context.
+
+    Raises:
+        ContextError: no usable context: the message names the file and the expected checksum.
+    """
+    ctx = meta
+    expected, rel = ctx.get("sha256"), ctx.get("path")
+    if not expected or not rel:
+        raise ContextError("the run notebook records no context file (metadata.rlm.context)")
+    kind = ctx.get("kind") or ("text" if ctx.get("type") == "str" else "json")
+    path = Path(notebook_dir, rel)
+    embedded = ctx.get("embedded")
+    if (
+        isinstance(embedded, str)
+        and hashlib.sha256(embedded.encode("utf-8", "surrogatepass")).hexdigest() != expected
+    ):
+        embedded = None  # an embedded copy that does not match the record cannot stand in
+    if path.is_file():
+        try:
+            actual = file_sha256(path)
+        except OSError as e:
+            raise ContextError(f"cannot read the run's context file {path}: {e.strerror}") from e
+        if actual == expected:
+            return RecordedContext(kind=kind, sha256=expected, path=path)
+        if embedded is not None:
+            return RecordedContext(kind=kind, sha256=expected, embedded=embedded)
+        raise ContextError(
+            f"the context file {path} differs from the one the run used: its sha256 is "
+            f"{actual}, the run recorded {expected}; restore the original file to replay"
+        )
+    if embedded is not None:
+        return RecordedContext(kind=kind, sha256=expected, embedded=embedded)
+    raise ContextError(
+        f"the run's context file is missing: expected {path} with sha256 {expected}; "
+        "put it there (its path is relative to the notebook) to replay"
     )

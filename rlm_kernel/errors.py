@@ -10,17 +10,21 @@ The class tree::
     │   └── OutputPathError                the notebook cannot be written there
     ├── ModelError (RuntimeError)          a model API call failed after the SDK's retries
     ├── KernelError (RuntimeError)
-    │   ├── KernelStartError
-    │   └── DeadKernelError
-    ├── CellTimeoutError (TimeoutError)
+    │   └── KernelStartError
     ├── BudgetExceeded (RuntimeError)      carries the limit, what was spent and the budget
+    ├── ReplayMiss (LookupError)           replay met a prompt the record never answered
+    ├── SubcallCancelled                   a sub-call cut short by its cell's timeout
+    ├── SubcallFailed (RuntimeError)       a recorded sub-call failure, replayed as recorded
     ├── BridgeError (ConnectionError)
     ├── NotebookFormatError (ValueError)   not a valid rlm-kernel run notebook
     ├── ReplayDiverged (RuntimeError)      re-running recorded code did not give what was recorded
     └── RunStopped                         the human in the loop stopped the run
 
 Code running inside the kernel sees the kernel-side twins defined in ``runtime.py``
-(``SubcallError``, ``BudgetExceeded``, ``ReplayMiss``), which import nothing from here.
+(``SubcallError``, ``BudgetExceeded``, ``ReplayMiss``), which import nothing from here. Errors
+cross the kernel/host line, and are kept in the notebook, as one structured record
+``{type, message, retries}``; :data:`WIRE_TYPES` is the one table from host exceptions to those
+types, and each type is the name of the exception class the kernel's code sees.
 This module imports nothing from the package.
 """
 
@@ -82,29 +86,37 @@ class KernelStartError(KernelError):
     """The kernel did not start or did not become ready in time."""
 
 
-class DeadKernelError(KernelError):
-    """The kernel process died."""
-
-
-class CellTimeoutError(RLMKernelError, TimeoutError):
-    """A cell ran longer than its timeout and was interrupted."""
-
-    def __init__(self, timeout: float, source: str) -> None:
-        self.timeout = timeout
-        self.source = source
-        lines = source.splitlines()
-        preview = "\n".join(lines if len(lines) <= 10 else [*lines[:5], "...", *lines[-5:]])
-        super().__init__(f"cell timed out after {timeout:g} s:\n{preview}")
-
-
 class BudgetExceeded(RLMKernelError, RuntimeError):
     """A limit of the run (sub-calls, cost, time, depth) was reached."""
 
-    def __init__(self, limit: str, spent: float, budget: float) -> None:
+    def __init__(
+        self, limit: str, spent: float, budget: float, *, message: str | None = None
+    ) -> None:
         self.limit = limit
         self.spent = spent
         self.budget = budget
-        super().__init__(f"{limit} budget exhausted: {spent:g} used of {budget:g}")
+        super().__init__(message or f"{limit} budget exhausted: {spent:g} used of {budget:g}")
+
+
+class ReplayMiss(RLMKernelError, LookupError):
+    """Replay met a prompt that the recorded run never sent (or sent fewer times)."""
+
+
+class SubcallCancelled(RLMKernelError):
+    """A sub-call was cut short: its cell timed out or the run stopped while it ran."""
+
+
+class SubcallFailed(RLMKernelError, RuntimeError):
+    """A sub-call failure carried as it was recorded: it reaches the kernel as ``wire_type``.
+
+    Replay and forks raise it for a recorded failure, so the kernel's code meets the same
+    exception (a ``BudgetExceeded`` stays a ``BudgetExceeded``) with the same message.
+    """
+
+    def __init__(self, message: str, *, wire_type: str = "SubcallError", retries: int = 0) -> None:
+        self.wire_type = wire_type
+        self.retries = retries
+        super().__init__(message)
 
 
 class BridgeError(RLMKernelError, ConnectionError):
@@ -121,3 +133,28 @@ class ReplayDiverged(RLMKernelError, RuntimeError):
 
 class RunStopped(RLMKernelError):
     """The human in the loop stopped the run; the notebook is saved as ``interrupted``."""
+
+
+# Host exception → wire type, first match wins. A wire type is also the name of the exception
+# class that code in the kernel sees (``runtime.py`` has one class per type; a test checks the
+# two sides agree). Anything else a sub-call raises reaches the kernel as ``SubcallError``.
+WIRE_TYPES: tuple[tuple[type[BaseException], str], ...] = (
+    (BudgetExceeded, "BudgetExceeded"),
+    (ReplayMiss, "ReplayMiss"),
+    (SubcallCancelled, "SubcallCancelled"),
+    (BridgeError, "BridgeError"),
+    (Exception, "SubcallError"),
+)
+HOST_CLASSES: dict[str, type[RLMKernelError]] = {
+    "BudgetExceeded": BudgetExceeded,
+    "ReplayMiss": ReplayMiss,
+    "SubcallCancelled": SubcallCancelled,
+    "BridgeError": BridgeError,
+}
+
+
+def wire_type(exc: BaseException) -> str:
+    """The wire type an exception travels as (see :data:`WIRE_TYPES`)."""
+    if isinstance(exc, SubcallFailed):
+        return exc.wire_type
+    return next(name for cls, name in WIRE_TYPES if isinstance(exc, cls))

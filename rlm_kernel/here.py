@@ -41,7 +41,7 @@ def in_worker_thread(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[
 
 
 class HereSession:
-    """An executor for ``RLM(session=...)`` that runs code in the current IPython kernel.
+    """A :class:`~rlm_kernel.session.Session` that runs code in the current IPython kernel.
 
     Args:
         setup_code: run once, silently, when the session starts (it installs ``context``,
@@ -78,10 +78,12 @@ class HereSession:
         timeout: float | None = None,
         collector: OutputCollector | None = None,
         max_output_bytes: int = 1_000_000,
+        cell_id: str | None = None,
     ) -> ExecResult:
         """Run ``code`` in the user's namespace and collect its outputs as notebook outputs."""
         collector = collector or OutputCollector(max_output_bytes)
-        pending = asyncio.wrap_future(self._submit(self._run_cell, code, collector, False))
+        call = self._submit(self._run_cell, code, collector, False, cell_id)
+        pending = asyncio.wrap_future(call)
         done, _ = await asyncio.wait({pending}, timeout=timeout)
         if done:
             return pending.result()
@@ -112,13 +114,17 @@ class HereSession:
     async def _on_main(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._submit(fn, *args))
 
-    def _run_cell(self, code: str, collector: OutputCollector, silent: bool) -> ExecResult:
+    def _run_cell(
+        self, code: str, collector: OutputCollector, silent: bool, cell_id: str | None = None
+    ) -> ExecResult:
         started = time.monotonic()
         self._main_thread = threading.get_ident()
         self._running.set()
         try:
             with capture_output(display=True) as captured:
-                result = self.shell.run_cell(code, store_history=False, silent=silent)
+                result = self.shell.run_cell(
+                    code, store_history=False, silent=silent, cell_id=cell_id
+                )
         finally:
             self._running.clear()
         for name, text in (("stdout", captured.stdout), ("stderr", captured.stderr)):

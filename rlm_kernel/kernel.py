@@ -394,6 +394,9 @@ class KernelSession:
                 f"the {self.kernel_name!r} kernel did not become ready: {exc}{self._log_tail()}"
             ) from exc
 
+        await self._run_setup()
+
+    async def _run_setup(self) -> None:
         if self.setup_code:
             result = await self._execute(
                 self.setup_code,
@@ -487,6 +490,7 @@ class KernelSession:
         store_history: bool = True,
         on_output: Callable[[dict[str, Any]], Any] | None = None,
         collector: OutputCollector | None = None,
+        cell_id: str | None = None,
     ) -> ExecResult:
         """Run ``code`` in the kernel and collect its outputs.
 
@@ -500,6 +504,7 @@ class KernelSession:
             on_output: called with each output iopub message as it arrives (may be async).
             collector: where outputs go, for a caller that wants its own settings (then
                 ``max_output_bytes`` is not used); the result's outputs come from it.
+            cell_id: the notebook cell the code belongs to, sent as the request's ``cellId``.
 
         Returns:
             The result; a dead kernel gives status ``kernel_died`` and is restarted.
@@ -519,7 +524,21 @@ class KernelSession:
                 on_output=on_output,
                 recover=True,
                 collector=collector or OutputCollector(max_output_bytes),
+                cell_id=cell_id,
             )
+
+    async def configure(self, setup_code: str) -> None:
+        """Run ``setup_code`` now (silently) and again after every restart.
+
+        A kernel started ahead of time (a warm pool) learns what it is for this way.
+
+        Raises:
+            KernelStartError: the setup code failed.
+        """
+        self._require_running()
+        async with self._get_lock():
+            self.setup_code = setup_code
+            await self._run_setup()
 
     async def _execute(
         self,
@@ -531,13 +550,26 @@ class KernelSession:
         on_output: Callable[[dict[str, Any]], Any] | None,
         recover: bool,
         collector: OutputCollector,
+        cell_id: str | None = None,
     ) -> ExecResult:
         km, kc = self._km, self._kc
         assert km is not None and kc is not None
         started = time.monotonic()
-        msg_id = kc.execute(
-            code, silent=silent, store_history=store_history, allow_stdin=False, stop_on_error=False
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        # ipykernel hands metadata.cellId to IPython's pre_run_cell hook, where the kernel
+        # runtime reads it to tie each sub-call to the cell that made it.
+        msg = kc.session.msg(
+            "execute_request", content, metadata={"cellId": cell_id} if cell_id else None
         )
+        kc.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
         self._busy = True
         try:
             outcome, execution_count, reply = await self._collect(

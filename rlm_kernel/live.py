@@ -3,8 +3,8 @@
 In a Jupyter kernel, :class:`LiveDisplay` shows a run while it goes (step, code, last output,
 sub-calls, tokens, cost, time, a link to the run notebook) with a Stop button, and
 :class:`WidgetApprover` asks before each code block runs (edit, Run, Skip, Stop). In a terminal,
-:class:`TerminalApprover` asks the same on a prompt. :func:`attach` is what ``RLM`` calls to pick
-them.
+:class:`TerminalApprover` asks the same on a prompt. :func:`attach` picks them for a run; the
+package registers it as the run core's default display (``run.set_default_display``).
 
 Buttons need the kernel to process widget messages while the cell that started the run is still
 running. A recent ipykernel (7.4 or newer) does that while a cell *awaits*, so the buttons work
@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import notebook as notebook_io
 from . import parse
 from .errors import NotebookFormatError, RunStopped, UsageError
-from .types import RunResult, SubcallRecord, Usage
+from .record import SubcallRecord, read
+from .types import RunResult, Usage
 
 __all__ = [
     "LiveDisplay",
@@ -212,7 +212,8 @@ class LiveDisplay:
             self.sub_cost = None
         else:
             self.sub_cost += record.cost_usd
-        reply = f"error: {record.error}" if record.error else (record.response or "")
+        error = record.error
+        reply = f"error: {error.type}: {error.message}" if error else (record.response or "")
         self.subcall_line.value = (
             f"<div style='{_MUTED}'>sub-call #{record.id} ({html.escape(record.model)}): "
             f"{html.escape(_clip(record.prompt_preview, 120))} → "
@@ -276,21 +277,23 @@ class LiveDisplay:
 def result_from_notebook(path: str | os.PathLike[str]) -> RunResult:
     """The :class:`RunResult` a run notebook records (for a run that ended by cancellation)."""
     try:
-        meta = notebook_io.load(path).metadata.rlm
+        run = read(path).run
     except NotebookFormatError as e:
         raise RunStopped(f"the run was stopped and its notebook cannot be read: {e}") from None
     return RunResult(
-        answer=meta.get("answer"),
-        status=meta.get("status", "interrupted"),
+        answer=run.answer,
+        status=run.status,  # type: ignore[arg-type]
         notebook=str(Path(path)),
-        run_id=str(meta.get("run_id", "")),
-        stop_reason=meta.get("stop_reason"),
-        steps=int(meta.get("steps") or 0),
-        subcalls=int(meta.get("subcalls") or 0),
-        usage={k: Usage.from_dict(v) for k, v in (meta.get("usage") or {}).items()},
-        cost_usd=meta.get("cost_usd"),
-        duration_s=float(meta.get("duration_s") or 0.0),
-        error=meta.get("error"),
+        run_id=run.run_id,
+        stop_reason=run.stop_reason,
+        steps=run.steps,
+        subcalls=run.subcalls,
+        usage=dict(run.usage),
+        cost_usd=run.cost_usd,
+        duration_s=float(run.duration_s or 0.0),
+        error=run.error,
+        models={k: str(v) for k, v in run.models.items()},
+        children=[c.to_metadata() for c in run.children],
     )
 
 

@@ -1,6 +1,15 @@
-"""The RLM loop: the only module that composes kernel, bridge, models, budget and notebook.
+"""``RLM``: the configuration of a run and the one place that composes its parts.
 
-``RLM.arun`` is the code; ``RLM.run`` is its one-line sync twin.
+``RLM.arun`` is the code; ``RLM.run`` is its one-line sync twin. One run is: a notebook
+(:class:`~rlm_kernel.record.Recorder`), the context file, a bridge socket served by the run's
+:class:`~rlm_kernel.subcalls.SubcallService`, a :class:`~rlm_kernel.session.Session` where the
+code runs, and the :class:`~rlm_kernel.loop.StepLoop`. A child run (``rlm_query``) is composed
+the same way, below its parent, sharing the tree's models, budget, concurrency cap and warm
+kernels.
+
+The run core shows nothing itself: callers pass hooks (``on_step``, ``on_output``,
+``on_subcall``, ``on_child``), and the user interface registers the display that Jupyter runs
+get by default (:func:`set_default_display`).
 """
 
 from __future__ import annotations
@@ -9,71 +18,46 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
-import hashlib
-import inspect
 import os
 import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from . import notebook as notebook_io
-from . import parse, prompts, runtime
+from . import runtime
 from .bridge import BridgeServer
 from .budget import Budget
 from .context import ContextInfo, ContextInput, ContextWarning, prepare
-from .errors import (
-    BudgetExceeded,
-    NotebookFormatError,
-    OutputPathError,
-    ReplayDiverged,
-    RLMKernelError,
-    RunStopped,
-    UsageError,
-)
-from .kernel import ExecResult, KernelSession
+from .errors import NotebookFormatError, OutputPathError, RLMKernelError, RunStopped, UsageError
+from .fork import Fork, replay_prefix
+from .hooks import Hook, run_hook, run_sync
+from .kernel import KernelSession
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
-from .notebook import Recorder
-from .outputs import OutputCollector, render_text, truncate
-from .replay import ReplayBook, resolve_context
-from .types import Completion, Limits, Message, RunResult, Status, SubcallRecord
+from .loop import StepLoop
+from .prompts import system_prompt
+from .record import ParentLink, Recorder, read
+from .session import KernelPool, SessionFactory
+from .subcalls import SubcallService
+from .tree import ChildRun, ChildRunner, children_dir
+from .types import Limits, RunResult, Status
 
-T = TypeVar("T")
-Hook = Callable[..., object]
-PROMPT_PREVIEW_CHARS = 200
+__all__ = ["RLM", "check_notebook_path", "recorded_models", "run_sync", "set_default_display"]
+
 RUNS_DIR = "rlm-runs"
+# What shows a run when the caller asked for nothing in particular: registered by the user
+# interface (rlm_kernel.live), called as attach(display=, hooks=, approve=, notebook=,
+# max_steps=, question=) and returning (hooks, approve, display_or_None); a display has
+# ``run(coro)``, which runs the run under it (e.g. with a Stop button).
+_default_display: Callable[..., tuple[dict[str, Any], Any, Any]] | None = None
 
 
-def run_sync(coro_fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
-    """The sync twin of a coroutine function.
-
-    Outside an event loop it uses ``asyncio.run`` (so Ctrl-C cancels the run and its clean-up
-    runs); inside one (Jupyter) it hands the coroutine to jupyter_core's background runner.
-    """
-
-    @functools.wraps(coro_fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro_fn(*args, **kwargs))  # type: ignore[arg-type]
-        from jupyter_core.utils import run_sync as jupyter_run_sync
-
-        return jupyter_run_sync(coro_fn)(*args, **kwargs)  # type: ignore[arg-type]
-
-    return wrapper
-
-
-async def run_hook(hook: Hook | None, **kwargs: Any) -> None:
-    """Call an optional hook with keyword arguments, awaiting it if it returns an awaitable."""
-    if hook is None:
-        return
-    result = hook(**kwargs)
-    if inspect.isawaitable(result):
-        await result
+def set_default_display(attach: Callable[..., tuple[dict[str, Any], Any, Any]] | None) -> None:
+    """Register how runs are shown by default (the user interface does this; ``None`` clears)."""
+    global _default_display
+    _default_display = attach
 
 
 def _now() -> str:
@@ -108,13 +92,18 @@ class RLM:
     Args:
         model: the root model: ``"provider:model"``, an :class:`~rlm_kernel.llm.LLM`, or a
             callable ``(messages) -> str``.
-        sub_model: the model answering ``llm_query`` and friends, given the same ways.
+        sub_model: the model answering ``llm_query`` and friends, given the same ways
+            (default: the same as ``model`` when ``model`` is given, else the default
+            sub-model).
+        child_model: the root model of child runs started by ``rlm_query`` (default: ``model``).
         limits: a :class:`~rlm_kernel.types.Limits`; keyword arguments named like its fields
             (``max_steps=10``) override single fields.
         on_step: hook called after each model reply as ``on_step(step=, max_steps=, text=,
             blocks=, usage=, subcalls=, cost_usd=, elapsed_s=)``.
         on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
+        on_child: hook called as ``on_child(event=, notebook=, depth=, question=, result=)``
+            when a child run starts (``event="start"``, ``result=None``) and ends (``"end"``).
         kernel_name: the Jupyter kernelspec to run the code in.
         embed_context: also store the context's text in the notebook (up to
             ``context.EMBED_LIMIT_CHARS``), so the notebook replays without its context file.
@@ -123,30 +112,34 @@ class RLM:
             model's, or an edited version), ``None`` to skip the block, or ``False`` to stop the
             run (status ``interrupted``, stop reason ``stopped``). An edited block runs as
             edited; the cell's ``metadata.rlm.approval`` keeps the model's original.
-            ``approve=True`` asks a person: buttons in Jupyter, a prompt in a terminal
-            (``rlm_kernel.live``).
-        display: the live widget in Jupyter (``rlm_kernel.live.LiveDisplay``): ``None`` shows it
-            in a Jupyter kernel when no hook is given, ``True`` always, ``False`` never.
-        session: where the model's code runs: a callable taking ``setup_code=`` and returning
-            an async context manager with ``execute(code, *, timeout, collector)``. By default
-            a fresh :class:`~rlm_kernel.kernel.KernelSession` per run;
+            ``approve=True`` asks a person through the registered display (buttons in Jupyter,
+            a prompt in a terminal).
+        display: ``None`` uses the registered default display (in Jupyter, a live widget when
+            no hook is given), ``True`` always shows it, ``False`` never.
+        session: where the root's code runs (a :class:`~rlm_kernel.session.SessionFactory`):
+            by default a fresh :class:`~rlm_kernel.kernel.KernelSession` per run;
             :class:`rlm_kernel.here.HereSession` runs it in the current IPython kernel.
+            Child runs always get kernels of their own.
+        warm_kernels: kernels started ahead of time for child runs (when ``max_depth > 1``).
     """
 
     def __init__(
         self,
         model: str | LLM | Callable[..., object] = DEFAULT_ROOT_MODEL,
-        sub_model: str | LLM | Callable[..., object] = DEFAULT_SUB_MODEL,
+        sub_model: str | LLM | Callable[..., object] | None = None,
         *,
+        child_model: str | LLM | Callable[..., object] | None = None,
         limits: Limits | None = None,
         on_step: Hook | None = None,
         on_output: Hook | None = None,
         on_subcall: Hook | None = None,
+        on_child: Hook | None = None,
         kernel_name: str = "python3",
         embed_context: bool = False,
         approve: Hook | bool | None = None,
         display: bool | None = None,
-        session: Callable[..., Any] | None = None,
+        session: SessionFactory | None = None,
+        warm_kernels: int = 2,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -157,21 +150,23 @@ class RLM:
             raise UsageError(f"unknown RLM option(s): {unknown}; limits are: {known}") from None
         except ValueError as e:
             raise UsageError(str(e)) from None
-        if self.limits.max_depth > 1:
-            warnings.warn(
-                "rlm_query does not start child runs yet: it answers with the sub-model, as at "
-                "the maximum depth, whatever max_depth is",
-                UserWarning,
-                stacklevel=2,
-            )
         self.model = model
+        if sub_model is None:
+            sub_model = DEFAULT_SUB_MODEL if model == DEFAULT_ROOT_MODEL else model
         self.sub_model = sub_model
-        self.hooks = {"on_step": on_step, "on_output": on_output, "on_subcall": on_subcall}
+        self.child_model = child_model
+        self.hooks = {
+            "on_step": on_step,
+            "on_output": on_output,
+            "on_subcall": on_subcall,
+            "on_child": on_child,
+        }
         self.kernel_name = kernel_name
         self.embed_context = embed_context
         self.approve = approve
         self.display = display
         self.session = session
+        self.warm_kernels = warm_kernels
 
     async def arun(
         self,
@@ -187,7 +182,7 @@ class RLM:
         """
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty; ask something about the context")
-        return await self._start(question.strip(), context, notebook, origin=None)
+        return await self._start(question.strip(), context, notebook, fork=None)
 
     async def aresume(
         self,
@@ -201,58 +196,69 @@ class RLM:
         with their sub-calls answered from the record; the root model's conversation is rebuilt
         from the recorded replies and what the model was shown. From ``from_step`` on, this
         RLM's models answer. The new notebook (``out``, by default ``<name>-from-<K>.ipynb``
-        beside the parent) starts with copies of the parent's earlier steps and records
-        ``parent {notebook, run_id, step}``.
+        beside the parent) starts with copies of the parent's earlier steps, keeps the links to
+        the child runs they made, and records ``parent {notebook, run_id, step}``.
 
         Raises:
             UsageError: the notebook is not a run notebook, its context is missing or altered,
                 or ``from_step`` is not one of its steps.
         """
-        origin = _Origin.load(Path(notebook), from_step)
-        target = Path(out) if out else origin.default_out()
-        return await self._start(origin.question, origin.context, target, origin=origin)
+        fork = Fork.load(Path(notebook), from_step)
+        target = Path(out) if out else fork.default_out()
+        return await self._start(fork.question, fork.context, target, fork=fork)
+
+    run = run_sync(arun)
+    resume = run_sync(aresume)
 
     async def _start(
         self,
         question: str,
         context: ContextInput,
         notebook: str | os.PathLike | None,
-        origin: _Origin | None,
+        fork: Fork | None,
     ) -> RunResult:
         run_id = uuid.uuid4().hex[:12]
-        root = resolve(self.model)
-        sub: LLM | None = None
+        tree = _Tree(self)
         try:
-            sub = resolve(self.sub_model)
-            nb_path = Path(notebook) if notebook else default_notebook_path(run_id)
-            nb_path = check_notebook_path(nb_path)
+            tree.resolve_models()
+            nb_path = check_notebook_path(
+                Path(notebook) if notebook else default_notebook_path(run_id)
+            )
             info = prepare(context, nb_path.with_suffix(""))
             for message in info.warnings:
                 warnings.warn(message, ContextWarning, stacklevel=3)
-            context_meta = info.to_metadata(nb_path.parent)
-            if self.embed_context:
-                context_meta["embedded"] = info.embedded_text()
-            run = _Run(self, question, info, context_meta, nb_path, run_id, root, sub, origin)
-            live = None
-            if self.display is not False or self.approve is True:
-                # Imported here: the live display is for Jupyter and needs ipywidgets.
-                from . import live as live_ui
-
-                run.hooks, run.approve, live = live_ui.attach(
+            hooks, approve, display = dict(self.hooks), self.approve, None
+            if _default_display is not None and (self.display is not False or approve is True):
+                hooks, approve, display = _default_display(
                     display=self.display,
-                    hooks=self.hooks,
-                    approve=self.approve,
+                    hooks=hooks,
+                    approve=approve,
                     notebook=nb_path,
                     max_steps=self.limits.max_steps,
                     question=question,
                 )
+            elif approve is True:
+                raise UsageError("approve=True needs a display to ask in; pass approve=a function")
         except BaseException:
-            await close_models([m for m in (root, sub) if m is not None])
+            await tree.aclose()
             raise
-        return await (live.run(run.execute()) if live else run.execute())
-
-    run = run_sync(arun)
-    resume = run_sync(aresume)
+        spec = _RunSpec(
+            question=question,
+            context=info,
+            notebook=nb_path,
+            run_id=run_id,
+            depth=1,
+            budget=Budget(self.limits),
+            parent=fork.parent_link(nb_path) if fork else None,
+            hooks=hooks,
+            approve=approve,
+            fork=fork,
+        )
+        try:
+            coro = tree.execute(spec)
+            return await (display.run(coro) if display is not None else coro)
+        finally:
+            await tree.aclose()
 
 
 def recorded_models(notebook: str | os.PathLike) -> tuple[str, str]:
@@ -262,7 +268,7 @@ def recorded_models(notebook: str | os.PathLike) -> tuple[str, str]:
         UsageError: the file is not a run notebook.
     """
     try:
-        models = notebook_io.load(notebook).metadata.rlm.get("models") or {}
+        models = read(notebook).run.models
     except NotebookFormatError as e:
         raise UsageError(str(e)) from None
     return str(models.get("root") or DEFAULT_ROOT_MODEL), str(
@@ -271,179 +277,137 @@ def recorded_models(notebook: str | os.PathLike) -> tuple[str, str]:
 
 
 @dataclasses.dataclass
-class _Origin:
-    """A recorded run that a new run forks from, at ``step``."""
+class _RunSpec:
+    """One run of a tree: what differs between the root and a child."""
 
-    path: Path
-    meta: dict[str, Any]
-    step: int
-    prefix: list[dict[str, Any]]  # notebook.steps() entries before ``step``
-    book: ReplayBook
-    context: ContextInput
-
-    @classmethod
-    def load(cls, path: Path, step: int) -> _Origin:
-        try:
-            nb = notebook_io.load(path)
-        except NotebookFormatError as e:
-            raise UsageError(str(e)) from None
-        meta = dict(nb.metadata.rlm)
-        recorded = notebook_io.steps(nb)
-        numbers = [s["step"] for s in recorded if s["code_cells"] or s["markdown_cell"]]
-        if not numbers or not 1 <= step <= max(numbers):
-            last = max(numbers) if numbers else 0
-            raise UsageError(f"--from-step must be between 1 and {last} for {path}, not {step}")
-        found = resolve_context(meta, path.parent)
-        context: ContextInput = found.path if found.path is not None else found.value()
-        prefix = [s for s in recorded if s["step"] < step]
-        return cls(path, meta, step, prefix, ReplayBook.from_notebook(nb), context)
-
-    @property
-    def question(self) -> str:
-        return str(self.meta.get("question") or "")
-
-    def default_out(self) -> Path:
-        return self.path.with_name(f"{self.path.stem}-from-{self.step}.ipynb")
-
-    def parent_record(self, new_notebook: Path) -> dict[str, Any]:
-        return {
-            "notebook": Path(os.path.relpath(self.path.resolve(), new_notebook.parent)).as_posix(),
-            "run_id": self.meta.get("run_id"),
-            "step": self.step,
-        }
+    question: str
+    context: ContextInfo
+    notebook: Path
+    run_id: str
+    depth: int
+    budget: Budget
+    parent: ParentLink | None
+    hooks: dict[str, Any]
+    approve: Any = None
+    fork: Fork | None = None
 
 
-class _Run:
-    """The state of one run: conversation, accounts, the kernel and the notebook being written."""
+class _Tree:
+    """What the runs of one tree share: the models, the concurrency cap and warm kernels."""
 
-    def __init__(
-        self,
-        rlm: RLM,
-        question: str,
-        info: ContextInfo,
-        context_meta: dict[str, Any],
-        nb_path: Path,
-        run_id: str,
-        root: LLM,
-        sub: LLM,
-        origin: _Origin | None = None,
-    ) -> None:
+    def __init__(self, rlm: RLM) -> None:
         self.rlm = rlm
-        self.hooks = dict(rlm.hooks)
-        self.approve = rlm.approve
-        self.origin = origin
-        self.replaying = False
         self.limits = rlm.limits
-        self.question = question
-        self.info = info
-        self.run_id = run_id
-        self.root = root
-        self.sub = sub
-        self.models: dict[str, LLM] = {root.name: root, sub.name: sub}
-        self.budget = Budget(self.limits)
-        self.system = prompts.system_prompt(
-            info, max_steps=self.limits.max_steps, max_output_chars=self.limits.max_output_chars
+        self.models: list[LLM] = []
+        self.root: LLM | None = None
+        self.sub: LLM | None = None
+        self.child: LLM | None = None
+        self.pool: KernelPool | None = None
+        self.slots: asyncio.Semaphore | None = None
+
+    def resolve_models(self) -> None:
+        rlm = self.rlm
+        self.root = self._resolve(rlm.model)
+        self.sub = self._resolve(rlm.sub_model)
+        self.child = self._resolve(rlm.child_model) if rlm.child_model is not None else self.root
+
+    def _resolve(self, spec: Any) -> LLM:
+        llm = resolve(spec)
+        self.models.append(llm)
+        return llm
+
+    async def aclose(self) -> None:
+        if self.pool is not None:
+            await self.pool.aclose()
+        await close_models(self.models)
+
+    async def execute(self, spec: _RunSpec) -> RunResult:
+        """Run ``spec`` to its end; the notebook records how it ended, whatever happens."""
+        assert self.root is not None and self.sub is not None and self.child is not None
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(self.limits.max_concurrency)
+        if self.pool is None and self.limits.max_depth > 1:
+            self.pool = KernelPool(self.rlm.warm_kernels, kernel_name=self.rlm.kernel_name)
+            self.pool.fill()
+        limits = self.limits
+        if spec.depth > 1:
+            limits = dataclasses.replace(
+                limits, max_steps=limits.child_max_steps or limits.max_steps
+            )
+        root = self.root if spec.depth == 1 else self.child
+        system = system_prompt(
+            spec.context, max_steps=limits.max_steps, max_output_chars=limits.max_output_chars
         )
-        self.messages: list[Message] = [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": prompts.first_message(question)},
-        ]
-        self.cell_subcalls: list[SubcallRecord] = []
-        self.subcall_ids = 0
-        self.final_value: str | None = None
-        self.steps = 0
-        self.recorder = Recorder(
-            nb_path,
+        context_meta = spec.context.to_metadata(spec.notebook.parent)
+        if self.rlm.embed_context and spec.depth == 1:
+            context_meta["embedded"] = spec.context.embedded_text()
+        recorder = Recorder(
+            spec.notebook,
             {
-                "run_id": run_id,
+                "run_id": spec.run_id,
                 "status": "running",
-                "question": question,
-                "models": {"root": root.name, "sub": sub.name},
-                "limits": self.limits.to_dict(),
-                "system_prompt": self.system,
+                "question": spec.question,
+                "models": {"root": root.name, "sub": self.sub.name},
+                "limits": limits.to_dict(),
+                "system_prompt": system,
                 "context": context_meta,
                 "started": _now(),
-                "parent": origin.parent_record(nb_path) if origin else None,
+                "parent": spec.parent.to_metadata() if spec.parent else None,
+                "depth": spec.depth,
             },
         )
-
-    # -- the bridge calls these (bridge.SubcallHandler) -------------------------------------
-
-    async def subcall(self, prompt: str, *, model: str | None, kind: str) -> str:
-        if self.replaying and self.origin is not None:
-            return self.origin.book.answer(prompt)
-        self.subcall_ids += 1
-        record = SubcallRecord(
-            id=self.subcall_ids,
-            kind="rlm" if kind == "rlm" else "llm",
-            model=model or self.sub.name,
-            prompt_sha256=hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
-            prompt_chars=len(prompt),
-            prompt_preview=prompt[:PROMPT_PREVIEW_CHARS],
-        )
-        # Appended before the call so records keep the order the calls were made in; a call
-        # the budget refuses is recorded too, so a replay meets the same refusal.
-        self.cell_subcalls.append(record)
-        try:
-            self.budget.reserve_subcall()
-            llm = self._model(model)
-            record.model = llm.name
-            completion = await llm.complete(
-                [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
+        children = None
+        if spec.depth < limits.max_depth:
+            children = ChildRunner(
+                notebook=spec.notebook,
+                run_id=spec.run_id,
+                depth=spec.depth,
+                budget=spec.budget,
+                recorder=recorder,
+                launch=functools.partial(self._child, spec.hooks.get("on_child")),
             )
-        except Exception as e:
-            # The text the kernel's code saw (the bridge prefixes the class name).
-            record.error = f"{type(e).__name__}: {e}"
-            record.retries = getattr(e, "retries", 0)
-            raise
-        else:
-            self.budget.charge("sub", completion)
-            record.response = completion.text
-            record.latency_s = round(completion.latency_s, 4)
-            record.usage = completion.usage
-            record.cost_usd = completion.cost_usd
-            record.retries = completion.retries
-        finally:
-            await run_hook(self.hooks["on_subcall"], record=record)
-        return completion.text
-
-    async def final(self, value: str, *, via: str) -> None:
-        self.final_value = value
-
-    def _model(self, name: str | None) -> LLM:
-        if name is None:
-            return self.sub
-        if name not in self.models:
-            self.models[name] = resolve(name)
-        return self.models[name]
-
-    # -- the loop ---------------------------------------------------------------------------
-
-    async def execute(self) -> RunResult:
+        service = SubcallService(
+            sub=self.sub,
+            budget=spec.budget,
+            limits=limits,
+            children=children,
+            handoff_dir=children_dir(spec.notebook),
+            on_subcall=spec.hooks.get("on_subcall"),
+            on_late=recorder.update_subcalls,
+        )
+        loop = StepLoop(
+            root=root,
+            question=spec.question,
+            system=system,
+            limits=limits,
+            budget=spec.budget,
+            recorder=recorder,
+            service=service,
+            hooks=spec.hooks,
+            approve=spec.approve,
+        )
         status: Status = "error"
         stop_reason: str | None = None
         error: str | None = None
         answer: str | None = None
-        self.recorder.save()
         work = Path(tempfile.mkdtemp(prefix="rlm-b-"))
         try:
             async with BridgeServer(
-                self, unix_path=work / "bridge.sock", max_concurrency=self.limits.max_concurrency
+                service, unix_path=work / "bridge.sock", slots=self.slots
             ) as bridge:
                 setup = runtime.bootstrap_code(
                     runtime.__file__,
                     address=bridge.address,
                     token=bridge.token,
-                    context_path=str(self.info.path),
-                    context_kind=self.info.kind,
+                    context_path=str(spec.context.path),
+                    context_kind=spec.context.kind,
+                    handoff_dir=str(children_dir(spec.notebook)),
                 )
-                # A run's own kernel dies with the run (no history, a scratch folder), so it is
-                # stopped at once rather than asked to shut down, which ipykernel can hang on.
-                session = self.rlm.session or functools.partial(
-                    KernelSession, kernel_name=self.rlm.kernel_name, shutdown_grace=0
-                )
-                async with session(setup_code=setup) as ks:
-                    answer, stop_reason = await self._loop(ks)
+                async with self._session(spec)(setup_code=setup) as session:
+                    first = (
+                        await replay_prefix(spec.fork, loop, service, session) if spec.fork else 1
+                    )
+                    answer, stop_reason = await loop.run(session, first=first)
             status = "answered" if answer is not None else "no_answer"
         except RunStopped:
             status, stop_reason = "interrupted", "stopped"
@@ -457,314 +421,56 @@ class _Run:
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
-            self._update_meta()
-            try:
-                self.recorder.finish(
-                    status=status, stop_reason=stop_reason, answer=answer, error=error
-                )
-            finally:
-                await close_models(self.models.values())
+            loop.record_totals()
+            recorder.finish(status=status, stop_reason=stop_reason, answer=answer, error=error)
         return RunResult(
             answer=answer,
             status=status,
-            notebook=str(self.recorder.path),
-            run_id=self.run_id,
+            notebook=str(recorder.path),
+            run_id=spec.run_id,
             stop_reason=stop_reason,
-            steps=self.steps,
-            subcalls=self.budget.subcalls,
-            usage=dict(self.budget.usage),
-            cost_usd=self.budget.cost_usd,
-            duration_s=self.budget.elapsed(),
+            steps=loop.steps,
+            subcalls=spec.budget.subcalls,
+            usage=dict(spec.budget.usage),
+            cost_usd=spec.budget.cost_usd,
+            duration_s=spec.budget.elapsed(),
             error=error,
+            models={"root": root.name, "sub": self.sub.name},
+            children=list(recorder.meta.get("children") or []),
         )
 
-    async def _loop(self, ks: KernelSession) -> tuple[str | None, str]:
-        first = await self._replay_prefix(ks) if self.origin else 1
-        for step in range(first, self.limits.max_steps + 1):
-            if stop := self.budget.exhausted():
-                return None, stop
-            try:
-                completion = await self._ask_root()
-            except BudgetExceeded:
-                return None, "timeout"
-            self.steps = step
-            text = completion.text
-            # The API refuses an empty assistant turn in the history.
-            self.messages.append({"role": "assistant", "content": text or "(empty reply)"})
-            blocks = parse.code_blocks(text)
-            self.recorder.add_step(
-                step=step,
-                markdown=parse.prose(text, functools.partial(_code_marker, step)),
-                raw=text,
-                usage=completion.usage.to_dict(),
-                latency_s=round(completion.latency_s, 4),
-                extra=_completion_extra(completion),
-            )
-            await run_hook(
-                self.hooks["on_step"],
-                step=step,
-                max_steps=self.limits.max_steps,
-                text=text,
-                blocks=len(blocks),
-                usage=self.budget.usage,
-                subcalls=self.budget.subcalls,
-                cost_usd=self.budget.cost_usd,
-                elapsed_s=self.budget.elapsed(),
-            )
-            reports = []
-            # The blocks of one reply share the output budget, so a reply with many blocks
-            # cannot grow the next prompt by more than max_output_chars.
-            share = self.limits.max_output_chars // max(1, len(blocks))
-            for n, block in enumerate(blocks, start=1):
-                reports.append(await self._approved_block(ks, step, n, block.code, share))
-                if self.final_value is not None:
-                    break
-            found = parse.final_answer(text) if self.final_value is None else None
-            # An answer written next to code that failed was written blind: show the error.
-            rejected = found is not None and any(r.status != "ok" for r in reports)
-            if found is not None and not rejected:
-                await self._take_final(ks, step, len(reports) + 1, found, reports)
-            self._update_meta()
-            self.recorder.save()
-            if self.final_value is not None:
-                return self.final_value, "final"
-            if stop := self.budget.exhausted():
-                return None, stop
-            feedback = prompts.feedback(
-                reports,
-                step=step,
-                max_steps=self.limits.max_steps,
-                final_rejected=rejected,
-                cut_off=completion.stop_reason in _CUT_OFF,
-            )
-            self.messages.append({"role": "user", "content": feedback})
-        return await self._last_call(ks), "max_steps"
-
-    async def _replay_prefix(self, ks: KernelSession) -> int:
-        """Re-run the parent's steps before the fork; return the first step to take live."""
-        assert self.origin is not None
-        self.replaying = True
-        try:
-            for entry in self.origin.prefix:
-                step, md = entry["step"], entry["markdown_cell"]
-                raw = md.metadata.rlm.get("raw", "") if md is not None else ""
-                if md is not None:
-                    recorded = dict(md.metadata.rlm)
-                    self.recorder.add_step(
-                        step=step,
-                        markdown=md.source.split("\n\n", 1)[-1],
-                        raw=raw,
-                        usage=recorded.pop("usage", None) or {},
-                        latency_s=recorded.pop("latency_s", None) or 0.0,
-                        extra={k: v for k, v in recorded.items() if k not in _STEP_KEYS},
-                    )
-                reports = [await self._replay_cell(ks, cell) for cell in entry["code_cells"]]
-                self.messages.append({"role": "assistant", "content": raw})
-                feedback = prompts.feedback(reports, step=step, max_steps=self.limits.max_steps)
-                self.messages.append({"role": "user", "content": feedback})
-                self.steps = step
-        finally:
-            self.replaying = False
-            self.final_value = None  # an answer the parent gave later does not count here
-        self._update_meta()
-        self.recorder.save()
-        return self.origin.step
-
-    async def _replay_cell(self, ks: KernelSession, cell: Any) -> prompts.BlockReport:
-        rlm = cell.metadata.rlm
-        recorded = rlm.get("exec") or {}
-        result = await ks.execute(cell.source, timeout=self.budget.cell_timeout())
-        if result.status != recorded.get("status"):
-            raise ReplayDiverged(
-                f"replaying step {rlm.get('step')}, block {rlm.get('block')} of "
-                f"{self.origin.path if self.origin else 'the parent run'} ended {result.status}, "
-                f"the recorded run {recorded.get('status')}: the kernel's state cannot be rebuilt"
-            )
-        self.recorder.add_code(
-            step=rlm["step"],
-            block=rlm["block"],
-            source=cell.source,
-            outputs=cell.outputs,
-            execution_count=cell.execution_count,
-            exec=dict(recorded),
-            subcalls=list(rlm.get("subcalls") or []),
-            tags=[t for t in cell.metadata.get("tags", []) if t != "rlm-code"],
-        )
-        return prompts.BlockReport(
-            status=str(recorded.get("status")),
-            shown=str(recorded.get("shown", "")),
-            output_chars=int(recorded.get("output_chars") or 0),
+    def _session(self, spec: _RunSpec) -> SessionFactory:
+        if spec.depth > 1 and self.pool is not None:
+            return self.pool.session
+        # A run's own kernel dies with the run (no history, a scratch folder), so it is stopped
+        # at once rather than asked to shut down, which ipykernel can hang on.
+        return self.rlm.session or functools.partial(
+            KernelSession, kernel_name=self.rlm.kernel_name, shutdown_grace=0
         )
 
-    async def _ask_root(self, messages: list[Message] | None = None) -> Completion:
-        self.budget.check_time()
-        remaining = self.budget.remaining_time()
-        coro = self.root.complete(messages or self.messages, max_tokens=self.limits.max_tokens)
-        try:
-            # wait_for wraps the call in a task; without a deadline there is nothing to enforce.
-            completion = await (coro if remaining is None else asyncio.wait_for(coro, remaining))
-        except asyncio.TimeoutError:
-            limit = self.limits.timeout or 0
-            raise BudgetExceeded("time (s)", self.budget.elapsed(), limit) from None
-        self.budget.charge("root", completion)
-        return completion
-
-    async def _approved_block(
-        self, ks: KernelSession, step: int, block: int, code: str, limit: int
-    ) -> prompts.BlockReport:
-        """Run a block, first asking the human in the loop when there is one."""
-        if self.approve is None:
-            return await self._run_block(ks, step, block, code, limit=limit)
-        decision = self.approve(step=step, block=block, code=code)
-        if inspect.isawaitable(decision):
-            decision = await decision
-        if decision is False:
-            raise RunStopped(f"stopped by the user before block {step}.{block}")
-        if decision is None:
-            shown = "[the user skipped this block; it did not run]"
-            self.recorder.add_code(
-                step=step,
-                block=block,
-                source=code,
-                outputs=[],
-                execution_count=None,
-                exec={"status": "skipped", "duration_s": 0.0, "output_chars": 0, "shown": shown},
-                subcalls=[],
-                tags=("rlm-code",),
-                extra={"approval": {"decision": "skipped"}},
-            )
-            return prompts.BlockReport(status="skipped", shown=shown, output_chars=0)
-        if not isinstance(decision, str):
-            raise TypeError(f"approve() returned {decision!r}; expected code, None or False")
-        approval = (
-            {"decision": "run"} if decision == code else {"decision": "edited", "original": code}
+    async def _child(self, on_child: Hook | None, child: ChildRun) -> RunResult:
+        common = {"notebook": str(child.notebook), "depth": child.depth, "question": child.question}
+        await run_hook(on_child, event="start", result=None, **common)
+        spec = _RunSpec(
+            question=child.question,
+            context=child.context,
+            notebook=child.notebook,
+            run_id=uuid.uuid4().hex[:12],
+            depth=child.depth,
+            budget=child.budget,
+            parent=child.parent,
+            hooks={"on_child": on_child},
         )
-        return await self._run_block(
-            ks, step, block, decision, limit=limit, extra={"approval": approval}
-        )
-
-    async def _run_block(
-        self,
-        ks: KernelSession,
-        step: int,
-        block: int,
-        code: str,
-        tags: tuple[str, ...] = (),
-        limit: int | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> prompts.BlockReport:
-        self.cell_subcalls = []
-        # The notebook keeps the first max_cell_output_bytes; the collector also keeps the end
-        # of what went past that, so the model is shown the real head and tail.
-        limit = limit or self.limits.max_output_chars
-        collector = OutputCollector(self.limits.max_cell_output_bytes, tail_chars=limit)
-        result = await ks.execute(code, timeout=self.budget.cell_timeout(), collector=collector)
-        full = render_text(result.outputs)
-        kept = render_text(result.outputs[:-1]) if collector.truncated else full  # no marker
-        if collector.dropped_tail:
-            full += f"...\n{collector.dropped_tail}"
-        shown = truncate(full, limit) + _status_note(result)
-        produced = len(kept) + collector.dropped_chars
-        self.recorder.add_code(
-            step=step,
-            block=block,
-            source=code,
-            outputs=result.outputs,
-            execution_count=result.execution_count,
-            exec={
-                "status": result.status,
-                "duration_s": round(result.duration_s, 4),
-                "output_chars": produced,
-                "shown": shown,
-            },
-            subcalls=[r.to_dict() for r in self.cell_subcalls],
-            tags=("rlm-code", *tags),
-            extra=extra,
-        )
-        await run_hook(
-            self.hooks["on_output"], step=step, block=block, status=result.status, shown=shown
-        )
-        return prompts.BlockReport(status=result.status, shown=shown, output_chars=produced)
-
-    async def _take_final(
-        self,
-        ks: KernelSession,
-        step: int,
-        block: int,
-        found: parse.FinalAnswer,
-        reports: list[prompts.BlockReport],
-    ) -> None:
-        if found.kind == "FINAL":
-            self.final_value = found.value
-            return
-        # FINAL_VAR names a kernel variable: evaluate it as a recorded cell so replay reproduces it.
-        code = f"FINAL_VAR({found.value!r})"
-        reports.append(await self._run_block(ks, step, block, code, tags=("rlm-final",)))
-
-    async def _last_call(self, ks: KernelSession) -> str | None:
-        messages = [*self.messages, {"role": "user", "content": prompts.last_call(self.question)}]
-        try:
-            completion = await self._ask_root(messages)
-        except BudgetExceeded:
-            return None
-        step = self.steps = self.steps + 1
-        self.recorder.add_step(
-            step=step,
-            markdown=parse.prose(completion.text, lambda n: "*[code not run: no steps left]*"),
-            raw=completion.text,
-            usage=completion.usage.to_dict(),
-            latency_s=round(completion.latency_s, 4),
-            extra={"last_call": True, **_completion_extra(completion)},
-        )
-        self.messages.extend(messages[-1:])
-        self.messages.append({"role": "assistant", "content": completion.text})
-        if found := parse.final_answer(completion.text):
-            await self._take_final(ks, step, 1, found, [])
-        self._update_meta()
-        self.recorder.save()
-        return self.final_value
-
-    def _update_meta(self) -> None:
-        self.recorder.meta.update(
-            steps=self.steps,
-            subcalls=self.budget.subcalls,
-            usage={role: u.to_dict() for role, u in self.budget.usage.items()},
-            cost_usd=self.budget.cost_usd,
-        )
+        result = await self.execute(spec)
+        await run_hook(on_child, event="end", result=result, **common)
+        return result
 
 
 async def close_models(models: Iterable[LLM]) -> None:
     """Close the HTTP clients of models that have an ``aclose`` (an optional capability)."""
+    seen: set[int] = set()
     for llm in models:
         aclose = getattr(llm, "aclose", None)
-        if aclose is not None:
+        if aclose is not None and id(llm) not in seen:
+            seen.add(id(llm))
             await run_hook(aclose)
-
-
-_STEP_KEYS = frozenset({"step", "role", "raw"})  # set by Recorder.add_step itself
-_CUT_OFF = frozenset({"max_tokens", "length"})  # stop reasons of a reply cut at the token limit
-
-
-def _completion_extra(completion: Completion) -> dict[str, Any]:
-    return {
-        "model": completion.model,
-        "cost_usd": completion.cost_usd,
-        "retries": completion.retries,
-        "stop_reason": completion.stop_reason,
-    }
-
-
-def _code_marker(step: int, block: int) -> str:
-    return f"*[code cell {step}.{block} below]*"
-
-
-def _status_note(result: ExecResult) -> str:
-    if result.status == "timeout":
-        kept = "the kernel was restarted" if result.restarted else "your variables are kept"
-        return f"\n[the cell was interrupted after {result.duration_s:.1f} s (time limit); {kept}]"
-    if result.status == "kernel_died":
-        return (
-            "\n[the kernel died while running this cell and was restarted: `context` and the "
-            "REPL functions are back, your other variables are gone]"
-        )
-    return ""

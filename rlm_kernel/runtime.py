@@ -12,6 +12,15 @@ Errors reach the model as exceptions, never as strings that look like answers::
     BudgetExceeded (RuntimeError)   the run's sub-call, cost or time budget is used up
     ReplayMiss (LookupError)        replay met a prompt that was never recorded
     BridgeError (ConnectionError)   the connection to the host failed or was lost
+
+A failure travels from the host as a record ``{"type", "message", "retries"}`` whose ``type`` is
+one of these class names (:data:`ERROR_TYPES`); the host's side of that table is
+``rlm_kernel.errors.WIRE_TYPES``.
+
+Each request names the cell that made it (``"cell"``: the id the host gave the execute request,
+read in a ``pre_run_cell`` hook), so the host records a sub-call on its own cell. A thread keeps
+the cell it was started in, so a background thread that calls ``llm_query`` after its cell ended
+is still tied to that cell.
 """
 
 from __future__ import annotations
@@ -24,12 +33,14 @@ import mmap
 import os
 import socket
 import struct
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 __all__ = [
+    "ERROR_TYPES",
     "BridgeError",
     "BudgetExceeded",
     "ReplayMiss",
@@ -330,45 +341,154 @@ def load_context(path: str, kind: str = "text") -> str | list[Any] | dict[str, A
 # --------------------------------------------------------------------------- the model's functions
 
 
+class SubcallCancelled(SubcallError):
+    """A sub-call was cut short (its cell's time limit, or the run stopped)."""
+
+
+# Wire type -> the exception the model's code sees; the host maps its exceptions to these names.
+ERROR_TYPES: dict[str, type[Exception]] = {
+    "SubcallError": SubcallError,
+    "BudgetExceeded": BudgetExceeded,
+    "ReplayMiss": ReplayMiss,
+    "SubcallCancelled": SubcallCancelled,
+    "BridgeError": BridgeError,
+}
+
+
+def _error_of(record: Any) -> tuple[type[Exception], str]:
+    """The exception class and message of an error record from the host."""
+    if not isinstance(record, dict):
+        return BridgeError, f"the host sent a malformed error: {record!r}"
+    message = str(record.get("message") or "") or "the host reported an error without a message"
+    return ERROR_TYPES.get(str(record.get("type")), BridgeError), message
+
+
 def _raise_for(response: dict[str, Any]) -> None:
     if "error" not in response:
         return
-    message = str(response["error"]) or "the host reported an error without a message"
-    kind = response.get("type")
-    if kind == "BudgetExceeded":
-        raise BudgetExceeded(message)
-    if kind == "ReplayMiss":
-        raise ReplayMiss(message)
-    if kind == "SubcallError":
-        raise SubcallError(message)
-    raise BridgeError(message)
+    cls, message = _error_of(response["error"])
+    raise cls(message)
+
+
+class _Cells:
+    """Which cell is running, and which cell each thread was started in.
+
+    The host puts its own cell id on each execute request; IPython hands it to ``pre_run_cell``.
+    A thread remembers the cell that was running when it started (through a one-shot
+    ``threading.setprofile`` hook), so its late calls stay with that cell.
+    """
+
+    def __init__(self) -> None:
+        self.current: str | None = None
+        self._local = threading.local()
+        self._previous_hook: Any = None
+
+    def pre_run_cell(self, info: Any = None) -> None:
+        self.current = getattr(info, "cell_id", None)
+
+    def post_run_cell(self, *args: object) -> None:
+        self.current = None
+
+    def watch_threads(self) -> None:
+        getprofile = getattr(threading, "getprofile", None)
+        previous = getprofile() if getprofile is not None else None
+        if previous is self._birth:
+            return
+        self._previous_hook = previous
+        threading.setprofile(self._birth)
+
+    def _birth(self, frame: Any, event: str, arg: Any) -> None:
+        self._local.cell = self.current
+        sys.setprofile(self._previous_hook)  # one call per thread, then out of the way
+
+    def of_caller(self) -> str | None:
+        if threading.current_thread() is threading.main_thread():
+            return self.current
+        return getattr(self._local, "cell", self.current)
 
 
 class _Host:
     """The installed functions' link to the host: a transport, or none at all."""
 
-    def __init__(self, transport: Transport | None) -> None:
+    def __init__(
+        self, transport: Transport | None, cells: _Cells, handoff_dir: str | None = None
+    ) -> None:
         self.transport = transport
+        self.cells = cells
+        self.handoff_dir = handoff_dir
 
-    def subcall(self, kind: str, prompts: list[str], model: str | None, caller: str) -> list[Any]:
+    def subcall(
+        self,
+        kind: str,
+        prompts: list[str],
+        model: str | None,
+        caller: str,
+        contexts: list[dict[str, str] | None] | None = None,
+    ) -> list[Any]:
         if self.transport is None:
             raise BridgeError(
                 f"{caller} needs the rlm-kernel host, and this kernel is not connected to one"
             )
-        response = self.transport.request(
-            "subcall", {"kind": kind, "prompts": prompts, "model": model}
-        )
+        payload: dict[str, Any] = {
+            "kind": kind,
+            "prompts": prompts,
+            "model": model,
+            "cell": self.cells.of_caller(),
+        }
+        if contexts is not None:
+            payload["contexts"] = contexts
+        try:
+            response = self.transport.request("subcall", payload)
+        except BaseException:
+            # The host never took the hand-off files: they are still ours to remove.
+            for handoff in contexts or []:
+                if handoff is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(handoff["path"])
+            raise
         _raise_for(response)
         results = response.get("results")
         if not isinstance(results, list) or len(results) != len(prompts):
             raise BridgeError(f"the host sent a malformed answer to {caller}")
         return results
 
+    def handoff(self, context: object, caller: str) -> dict[str, str] | None:
+        """Write a child run's context to a file the host takes over, as the root's context is.
+
+        Returns ``None`` when nothing needs writing (no context, or a replay, which answers
+        from the record).
+        """
+        if context is None:
+            return None
+        if isinstance(context, tuple):
+            context = list(context)
+        if not isinstance(context, (str, list, dict)):
+            raise TypeError(
+                f"{caller}: context must be a str, a list or a dict, not {type(context).__name__}"
+            )
+        if self.handoff_dir is None:
+            return None
+        if isinstance(context, str):
+            text, kind = context, "text"
+        else:
+            try:
+                text = json.dumps(context, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{caller}: context must hold JSON values only ({exc})") from None
+            kind = "json"
+        os.makedirs(self.handoff_dir, exist_ok=True)
+        suffix = "txt" if kind == "text" else "json"
+        path = os.path.join(self.handoff_dir, f".handoff-{os.urandom(8).hex()}.{suffix}")
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        return {"path": path, "kind": kind}
+
     def final(self, value: str, via: str) -> None:
         if self.transport is None:
             print(f"Final answer (no rlm-kernel host is connected to record it):\n{value}")
             return
-        _raise_for(self.transport.request("final", {"value": value, "via": via}))
+        payload = {"value": value, "via": via, "cell": self.cells.of_caller()}
+        _raise_for(self.transport.request("final", payload))
 
 
 def _check_model(model: object, caller: str) -> None:
@@ -379,10 +499,45 @@ def _check_model(model: object, caller: str) -> None:
 def _one_answer(result: dict[str, Any]) -> str:
     if "ok" in result:
         return str(result["ok"])
-    message = str(result.get("error") or "the sub-call failed without a message")
-    if result.get("type") == "BudgetExceeded":
-        raise BudgetExceeded(message)
-    raise SubcallError(message)
+    cls, message = _error_of(result.get("error"))
+    raise cls(message)
+
+
+def _batch_answers(results: list[dict[str, Any]], count: int) -> list[str]:
+    """The answers of a batch, or the first failure's class with ``.partial`` and ``.errors``."""
+    answers: list[str | None] = []
+    errors: dict[int, str] = {}
+    budget = False
+    for i, result in enumerate(results):
+        if "ok" in result:
+            answers.append(str(result["ok"]))
+            continue
+        cls, message = _error_of(result.get("error"))
+        answers.append(None)
+        errors[i] = message
+        budget = budget or cls is BudgetExceeded
+    if not errors:
+        return answers  # type: ignore[return-value]
+    first = min(errors)
+    message = f"{len(errors)} of {count} prompts failed; first (#{first}): {errors[first]}"
+    raise (BudgetExceeded if budget else SubcallError)(message, partial=answers, errors=errors)
+
+
+def _prompt_list(prompts: object, caller: str) -> list[str]:
+    if isinstance(prompts, (str, bytes)):
+        single = caller.replace("_batched", "")
+        raise TypeError(
+            f"{caller} takes a list of prompts, not a single {type(prompts).__name__}; "
+            f"for one prompt use {single}(prompt)"
+        )
+    try:
+        batch = list(prompts)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{caller} takes a list of prompts, not {type(prompts).__name__}") from None
+    for i, p in enumerate(batch):
+        if not isinstance(p, str):
+            raise TypeError(f"{caller}: prompt #{i} is a {type(p).__name__}, not a str")
+    return batch
 
 
 def _context_as_text(context: object) -> str:
@@ -442,61 +597,63 @@ def _build_functions(host: _Host, namespace: dict[str, Any]) -> dict[str, Callab
                 where a prompt failed) and ``.errors`` maps each failed index to its message.
             BudgetExceeded: the budget ran out during the batch (same ``.partial``/``.errors``).
         """
-        if isinstance(prompts, (str, bytes)):
-            raise TypeError(
-                "llm_query_batched takes a list of prompts, not a single "
-                f"{type(prompts).__name__}; for one prompt use llm_query(prompt)"
-            )
-        try:
-            batch = list(prompts)
-        except TypeError:
-            raise TypeError(
-                f"llm_query_batched takes a list of prompts, not {type(prompts).__name__}"
-            ) from None
-        for i, p in enumerate(batch):
-            if not isinstance(p, str):
-                raise TypeError(
-                    f"llm_query_batched: prompt #{i} is a {type(p).__name__}, not a str"
-                )
+        batch = _prompt_list(prompts, "llm_query_batched")
         _check_model(model, "llm_query_batched")
         if not batch:
             return []
         results = host.subcall("llm", batch, model, "llm_query_batched")
-        answers: list[str | None] = []
-        errors: dict[int, str] = {}
-        budget = False
-        for i, result in enumerate(results):
-            if "ok" in result:
-                answers.append(str(result["ok"]))
-                continue
-            answers.append(None)
-            errors[i] = str(result.get("error") or "the sub-call failed without a message")
-            budget = budget or result.get("type") == "BudgetExceeded"
-        if not errors:
-            return answers  # type: ignore[return-value]
-        first = min(errors)
-        message = f"{len(errors)} of {len(batch)} prompts failed; first (#{first}): {errors[first]}"
-        cls = BudgetExceeded if budget else SubcallError
-        raise cls(message, partial=answers, errors=errors)
+        return _batch_answers(results, len(batch))
 
     def rlm_query(prompt: str, context: object = None) -> str:
-        """Ask a sub-model a question, optionally about a piece of context.
+        """Hand a question to a child RLM: a run of its own, with its own REPL, over ``context``.
 
-        In this version recursion is not available: ``rlm_query`` is a plain sub-model call,
-        the same as ``llm_query``, exactly as a recursive call behaves at the maximum depth.
-        If ``context`` is given it is appended to the prompt as text (a list or dict as JSON),
-        so it must fit in the sub-model's window.
+        The child gets ``prompt`` as its question and ``context`` (a str, list or dict from
+        here, handed over by file; by default the prompt itself) as its ``context``, works
+        through it in steps as you do, and its final answer is returned. Children share the
+        run's budgets. At the maximum depth there are no children: the call is a plain
+        sub-model call (``llm_query``), with the context appended to the prompt.
 
         Raises:
-            SubcallError: the sub-call failed after the host's retries.
+            SubcallError: the child run failed or ended without an answer.
             BudgetExceeded: the run's sub-call, cost or time budget is used up.
         """
         if not isinstance(prompt, str):
             raise TypeError(f"rlm_query takes the prompt as a str, not {type(prompt).__name__}")
-        if context is not None:
-            prompt = f"{prompt}\n\n{_context_as_text(context)}"
-        (result,) = host.subcall("rlm", [prompt], None, "rlm_query")
+        handoff = host.handoff(context, "rlm_query")
+        (result,) = host.subcall("rlm", [prompt], None, "rlm_query", [handoff])
         return _one_answer(result)
+
+    def rlm_query_batched(
+        prompts: Iterable[str], contexts: Iterable[object] | None = None
+    ) -> list[str]:
+        """Run several child RLMs at once (see ``rlm_query``); answers come back in order.
+
+        Args:
+            prompts: one question per child.
+            contexts: one context per child (``None`` entries, or no list, give each child its
+                prompt as context).
+
+        Raises:
+            SubcallError: some children failed; ``.partial`` holds the answers in order
+                (``None`` where one failed) and ``.errors`` maps each failed index to its message.
+            BudgetExceeded: the budget ran out during the batch (same ``.partial``/``.errors``).
+        """
+        batch = _prompt_list(prompts, "rlm_query_batched")
+        if contexts is None:
+            given: list[object] = [None] * len(batch)
+        else:
+            if isinstance(contexts, (str, bytes, dict)):
+                raise TypeError("rlm_query_batched: contexts must be a list, one per prompt")
+            given = list(contexts)
+            if len(given) != len(batch):
+                raise ValueError(
+                    f"rlm_query_batched: {len(batch)} prompts but {len(given)} contexts"
+                )
+        if not batch:
+            return []
+        handoffs = [host.handoff(c, "rlm_query_batched") for c in given]
+        results = host.subcall("rlm", batch, None, "rlm_query_batched", handoffs)
+        return _batch_answers(results, len(batch))
 
     def FINAL(x: object) -> None:
         """Give the final answer and finish the run: ``FINAL(answer)``; ``str(x)`` is sent."""
@@ -544,6 +701,7 @@ def _build_functions(host: _Host, namespace: dict[str, Any]) -> dict[str, Callab
         "llm_query": llm_query,
         "llm_query_batched": llm_query_batched,
         "rlm_query": rlm_query,
+        "rlm_query_batched": rlm_query_batched,
         "FINAL": FINAL,
         "FINAL_VAR": FINAL_VAR,
         "SHOW_VARS": SHOW_VARS,
@@ -604,6 +762,7 @@ def install(
     context_path: str | None = None,
     context_kind: str = "text",
     shell: Any = None,
+    handoff_dir: str | None = None,
 ) -> None:
     """Put ``context``, ``llm_query`` & co., ``FINAL*``, ``answer``, ``SHOW_VARS`` in a namespace.
 
@@ -615,11 +774,15 @@ def install(
             (sub-calls raise :class:`BridgeError`, ``FINAL`` only prints).
         context_path: a file to load as ``context`` through :func:`load_context`.
         context_kind: ``"text"`` or ``"json"``.
-        shell: the IPython shell; when given, a ``post_run_cell`` hook watches ``answer``.
+        shell: the IPython shell; when given, ``post_run_cell`` watches ``answer`` and the
+            cell hooks tie each request to the cell that made it.
+        handoff_dir: where ``rlm_query`` writes the contexts it hands to child runs; ``None``
+            writes none (a replay answers children from the record).
     """
     if context_path is not None:
         namespace["context"] = load_context(context_path, context_kind)
-    host = _Host(transport)
+    cells = _Cells()
+    host = _Host(transport, cells, handoff_dir)
     functions = _build_functions(host, namespace)
     # The exceptions too, so the model's code can catch them by name.
     functions.update(
@@ -629,14 +792,19 @@ def install(
     namespace["_rlm_functions"] = functions
     namespace["answer"] = {"content": None, "ready": False}
     if shell is not None:
-        previous = namespace.get("_rlm_answer_watch")
-        if previous is not None:
-            # It may belong to another shell or be gone already.
+        for event, hook in namespace.get("_rlm_hooks", []):
+            # They may belong to another shell or be gone already.
             with contextlib.suppress(ValueError):
-                shell.events.unregister("post_run_cell", previous)
-        watch = _AnswerWatch(host, namespace)
-        shell.events.register("post_run_cell", watch)
-        namespace["_rlm_answer_watch"] = watch
+                shell.events.unregister(event, hook)
+        hooks = [
+            ("pre_run_cell", cells.pre_run_cell),
+            ("post_run_cell", cells.post_run_cell),
+            ("post_run_cell", _AnswerWatch(host, namespace)),
+        ]
+        for event, hook in hooks:
+            shell.events.register(event, hook)
+        namespace["_rlm_hooks"] = hooks
+        cells.watch_threads()
 
 
 def bootstrap_code(
@@ -646,22 +814,35 @@ def bootstrap_code(
     token: str | None,
     context_path: str | None,
     context_kind: str = "text",
+    handoff_dir: str | None = None,
 ) -> str:
     """Python source that loads this file into a fresh kernel and installs the functions.
 
     Execute it with ``silent=True, store_history=False`` so the token stays out of the history.
     """
+    settings = {
+        "runtime_file": runtime_file,
+        "address": address,
+        "token": token,
+        "context_path": context_path,
+        "context_kind": context_kind,
+        "handoff_dir": handoff_dir,
+    }
+    # The settings travel as one JSON literal, decoded in the kernel: no value is spliced into
+    # the code itself.
     return (
-        "def _rlm_bootstrap():\n"
-        "    import importlib.util, sys\n"
-        f"    spec = importlib.util.spec_from_file_location({MODULE_NAME!r}, {runtime_file!r})\n"
+        "def _rlm_bootstrap(settings):\n"
+        "    import importlib.util, json, sys\n"
+        "    s = json.loads(settings)\n"
+        f"    spec = importlib.util.spec_from_file_location({MODULE_NAME!r}, s['runtime_file'])\n"
         "    module = importlib.util.module_from_spec(spec)\n"
         "    sys.modules[spec.name] = module\n"
         "    spec.loader.exec_module(module)\n"
-        f"    address, token = {address!r}, {token!r}\n"
-        "    transport = module.SocketTransport(address, token) if address else None\n"
+        "    address = s['address']\n"
+        "    transport = module.SocketTransport(address, s['token']) if address else None\n"
         "    module.install(get_ipython().user_ns, transport, shell=get_ipython(),\n"
-        f"                   context_path={context_path!r}, context_kind={context_kind!r})\n"
-        "_rlm_bootstrap()\n"
+        "                   context_path=s['context_path'], context_kind=s['context_kind'],\n"
+        "                   handoff_dir=s['handoff_dir'])\n"
+        f"_rlm_bootstrap({json.dumps(json.dumps(settings))})\n"
         "del _rlm_bootstrap\n"
     )

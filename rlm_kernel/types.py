@@ -1,4 +1,4 @@
-"""Plain data shared by the host modules: limits, usage, completions, sub-call records, results."""
+"""Plain data shared by the host modules: limits, usage, completions, results."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ class Limits:
         max_steps: root-model turns before a last call asks for the best answer.
         max_subcalls: sub-model calls (``llm_query`` and friends) in the whole run.
         max_cost_usd: dollars spent on root and sub calls; unpriced models count as 0.
-        max_depth: recursion depth of ``rlm_query`` (1 means it acts as ``llm_query``).
+        max_depth: depth of the run tree: the root is depth 1, and ``rlm_query`` starts a child
+            run below ``max_depth`` (at ``max_depth`` it is a plain sub-model call).
+        child_max_steps: root-model turns of each child run (default: ``max_steps``).
         cell_timeout: seconds one code block may run before the kernel is interrupted.
         timeout: seconds for the whole run.
         max_output_chars: characters of one block's output shown to the model (head + tail).
@@ -31,7 +33,8 @@ class Limits:
     max_steps: int = 30
     max_subcalls: int | None = None
     max_cost_usd: float | None = None
-    max_depth: int = 1
+    max_depth: int = 2
+    child_max_steps: int | None = None
     cell_timeout: float | None = 300.0
     timeout: float | None = None
     max_output_chars: int = 20_000
@@ -104,43 +107,6 @@ class Completion:
 
 
 @dataclass
-class SubcallRecord:
-    """One sub-call made from a code cell, as stored in the cell's ``metadata.rlm.subcalls``."""
-
-    id: int
-    kind: Literal["llm", "rlm"]
-    model: str
-    prompt_sha256: str
-    prompt_chars: int
-    prompt_preview: str
-    response: str | None = None
-    latency_s: float = 0.0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float | None = None
-    retries: int = 0
-    error: str | None = None
-    child: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        # Spelled out: a batch records thousands of these, and dataclasses.asdict deep-copies.
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "model": self.model,
-            "prompt_sha256": self.prompt_sha256,
-            "prompt_chars": self.prompt_chars,
-            "prompt_preview": self.prompt_preview,
-            "response": self.response,
-            "latency_s": self.latency_s,
-            "usage": self.usage.to_dict(),
-            "cost_usd": self.cost_usd,
-            "retries": self.retries,
-            "error": self.error,
-            "child": self.child,
-        }
-
-
-@dataclass
 class RunResult:
     """What a run produced; the notebook holds the full record."""
 
@@ -155,6 +121,8 @@ class RunResult:
     cost_usd: float | None = None
     duration_s: float = 0.0
     error: str | None = None
+    models: dict[str, str] = field(default_factory=dict)
+    children: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` form: answer, status, notebook, steps, subcalls, usage, cost, time."""
@@ -170,4 +138,5 @@ class RunResult:
             "cost_usd": self.cost_usd,
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
+            "children": len(self.children),
         }

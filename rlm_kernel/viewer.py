@@ -1,6 +1,6 @@
 """Read a run notebook as a trajectory: a terminal summary and a self-contained offline HTML page.
 
-Everything comes from the notebook through :mod:`rlm_kernel.notebook`. :func:`trajectory` turns it
+Everything comes from the notebook through :mod:`rlm_kernel.record`. :func:`trajectory` turns it
 into plain data (the run's summary, what the model started from, and per step the model's text,
 code, outputs, sub-calls and running totals); the summary text, the HTML page and the widgets in
 :mod:`rlm_kernel.widgets` are all drawn from that data.
@@ -27,9 +27,10 @@ from typing import Any
 
 import nbformat
 
-from . import notebook
 from .errors import OutputPathError
 from .llm import pricing
+from .record import RunNotebook, StepRecord, SubcallRecord, from_notebook, read
+from .record.format import prose_without_markers
 from .types import Usage
 
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif")
@@ -39,59 +40,60 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # Control characters a terminal would act on; tab and newline are kept where text keeps lines.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_STEP_HEADING = re.compile(r"\A### Step \d+[^\n]*\n*")
-# The placeholder the notebook puts where a code block was; the viewers show the code there.
-_CODE_MARKER = re.compile(r"^\*\[code cell \d+\.\d+ below\]\*[ \t]*$\n?", re.MULTILINE)
 
 
 # -- data ----------------------------------------------------------------------------------------
 
 
-def trajectory(nb: nbformat.NotebookNode) -> dict[str, Any]:
-    """The run recorded in ``nb`` as plain, JSON-ready data.
+def trajectory(run: RunNotebook | nbformat.NotebookNode) -> dict[str, Any]:
+    """The run recorded in a notebook as plain, JSON-ready data.
 
     Args:
-        nb: a run notebook, as returned by :func:`rlm_kernel.notebook.load`.
+        run: a run notebook as :func:`rlm_kernel.record.read` returns it (or a loaded
+            notebook).
 
     Returns:
         ``{"summary": {...}, "start": {...}, "steps": [...]}``. Each step holds ``step``,
         ``text`` (the model's prose), ``latency_s``, ``tokens`` (root and sub-calls of the step),
         ``cum_tokens``, ``cum_cost_usd`` (``None`` while nothing was priced) and ``cells``, each
         with ``block``, ``source``, ``status``, ``duration_s``, ``outputs`` and ``subcalls``.
+        ``summary.children`` lists the run's tree of child runs.
     """
-    meta = nb.metadata.rlm
-    models = meta.get("models") or {}
-    usage = meta.get("usage") or {}
-    root_tokens = _usage(usage.get("root")).total_tokens
-    sub_tokens = _usage(usage.get("sub")).total_tokens
+    if not isinstance(run, RunNotebook):
+        run = from_notebook(run, "run.ipynb")
+    meta = run.run
+    root_tokens = meta.usage["root"].total_tokens
+    sub_tokens = meta.usage["sub"].total_tokens
     summary = {
-        "run_id": meta.get("run_id"),
-        "question": _str(meta.get("question")),
-        "answer": meta.get("answer"),
-        "status": meta.get("status"),
-        "stop_reason": meta.get("stop_reason"),
-        "models": {"root": models.get("root"), "sub": models.get("sub")},
-        "steps": meta.get("steps"),
-        "subcalls": meta.get("subcalls"),
+        "run_id": meta.run_id,
+        "question": meta.question,
+        "answer": meta.answer,
+        "status": meta.status,
+        "stop_reason": meta.stop_reason,
+        "models": {"root": meta.models.get("root"), "sub": meta.models.get("sub")},
+        "steps": meta.steps,
+        "subcalls": meta.subcalls,
         "tokens": {"root": root_tokens, "sub": sub_tokens, "total": root_tokens + sub_tokens},
-        "cost_usd": meta.get("cost_usd"),
-        "duration_s": meta.get("duration_s"),
-        "started": meta.get("started"),
-        "error": meta.get("error"),
-        "parent": meta.get("parent"),
+        "cost_usd": meta.cost_usd,
+        "duration_s": meta.duration_s,
+        "started": meta.started,
+        "error": meta.error,
+        "parent": meta.parent.to_metadata() if meta.parent is not None else None,
+        "depth": meta.depth,
+        "children": [c.to_metadata() for c in meta.children],
     }
-    context = meta.get("context") or {}
+    context = meta.context
     start = {
         "context": {
             k: context.get(k) for k in ("type", "chars", "bytes", "sha256", "path") if k in context
         },
         "preview": _str(context.get("preview"))[:PREVIEW_CHARS],
-        "system_prompt": _str(meta.get("system_prompt"))[:PREVIEW_CHARS],
+        "system_prompt": _str(meta.system_prompt)[:PREVIEW_CHARS],
     }
     steps = []
     cum_tokens, cum_cost = 0, None
-    for entry in notebook.steps(nb):
-        step = _step(entry, models.get("root"))
+    for entry in run.steps:
+        step = _step(entry, meta.models.get("root"))
         cum_tokens += step["tokens"]
         if step["cost_usd"] is not None:
             cum_cost = (cum_cost or 0.0) + step["cost_usd"]
@@ -101,60 +103,55 @@ def trajectory(nb: nbformat.NotebookNode) -> dict[str, Any]:
     return {"summary": summary, "start": start, "steps": steps}
 
 
-def _step(entry: dict[str, Any], root_model: str | None) -> dict[str, Any]:
-    md = entry["markdown_cell"]
-    rlm = md.metadata.rlm if md is not None else {}
-    root_usage = _usage(rlm.get("usage"))
-    cost = rlm.get("cost_usd")
-    if cost is None and md is not None:
-        cost = _root_cost(root_model, root_usage)
-    tokens = root_usage.total_tokens
+def _step(entry: StepRecord, root_model: str | None) -> dict[str, Any]:
+    cost = entry.cost_usd
+    if cost is None and entry.has_reply:
+        cost = _root_cost(root_model, entry.usage)
+    tokens = entry.usage.total_tokens
     cells = []
-    for cell in entry["code_cells"]:
-        crlm = cell.metadata.rlm
-        ex = crlm.get("exec") or {}
-        subcalls = [_subcall(s) for s in crlm.get("subcalls") or []]
+    for cell in entry.code:
+        subcalls = [_subcall(s) for s in cell.subcalls]
         for s in subcalls:
             tokens += s["tokens"]
             if s["cost_usd"] is not None:
                 cost = (cost or 0.0) + s["cost_usd"]
         cells.append(
             {
-                "block": crlm.get("block"),
+                "block": cell.block,
                 "source": _str(cell.source),
-                "status": ex.get("status"),
-                "duration_s": ex.get("duration_s"),
-                "outputs": [_output(o) for o in cell.get("outputs", [])],
+                "status": cell.exec.status,
+                "duration_s": cell.exec.duration_s,
+                "outputs": [_output(o) for o in cell.outputs],
                 "subcalls": subcalls,
             }
         )
-    text = _STEP_HEADING.sub("", _str(md.source)) if md is not None else ""
-    text = re.sub(r"\n{3,}", "\n\n", _CODE_MARKER.sub("", text)).strip("\n")
     return {
-        "step": entry["step"],
-        "text": text,
-        "last_call": bool(rlm.get("last_call")),
-        "latency_s": rlm.get("latency_s"),
+        "step": entry.step,
+        "text": prose_without_markers(entry.prose),
+        "last_call": bool(entry.extra.get("last_call")),
+        "latency_s": entry.latency_s if entry.has_reply else None,
         "tokens": tokens,
         "cost_usd": cost,
         "cells": cells,
     }
 
 
-def _subcall(record: dict[str, Any]) -> dict[str, Any]:
-    usage = _usage(record.get("usage"))
+def _subcall(record: SubcallRecord) -> dict[str, Any]:
+    error = record.error
     return {
-        "id": record.get("id"),
-        "kind": record.get("kind"),
-        "model": record.get("model"),
-        "prompt_preview": _str(record.get("prompt_preview")),
-        "prompt_chars": record.get("prompt_chars"),
-        "response": record.get("response"),
-        "latency_s": record.get("latency_s"),
-        "tokens": usage.total_tokens,
-        "cost_usd": record.get("cost_usd"),
-        "error": record.get("error"),
-        "child": record.get("child"),
+        "id": record.id,
+        "kind": record.kind,
+        "model": record.model,
+        "prompt_preview": record.prompt_preview,
+        "prompt_chars": record.prompt_chars,
+        "response": record.response,
+        "latency_s": record.latency_s,
+        # A child's usage is its whole tree's, already counted in its own notebook.
+        "tokens": 0 if record.child else record.usage.total_tokens,
+        "cost_usd": None if record.child else record.cost_usd,
+        "error": f"{error.type}: {error.message}" if error is not None else None,
+        "child": record.child,
+        "note": record.note,
     }
 
 
@@ -224,7 +221,7 @@ def summarize(path: str | os.PathLike[str], *, width: int = 100) -> str:
     Raises:
         NotebookFormatError: ``path`` is not a readable run notebook.
     """
-    return summary_text(trajectory(notebook.load(path)), width=width)
+    return summary_text(trajectory(read(path)), width=width)
 
 
 def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
@@ -267,6 +264,16 @@ def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
         lines.append(_fit(row, width))
     if not data["steps"]:
         lines.append("   —  no steps recorded")
+    if s.get("children"):
+        lines += ["", "child runs"]
+        for child in s["children"]:
+            indent = "  " * (int(child.get("depth") or 2) - 1)
+            row = (
+                f"{indent}{child.get('notebook')} · {child.get('status')} · "
+                f"{child.get('steps')} steps · {int(child.get('tokens') or 0):,} tokens · "
+                f"{cost_text(child.get('cost_usd'))} · {_one_line(str(child.get('question')))}"
+            )
+            lines.append(_fit(row, width))
     return "\n".join(lines) + "\n"
 
 
@@ -303,7 +310,7 @@ def export_html(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> pa
         NotebookFormatError: ``path`` is not a readable run notebook.
         OutputPathError: ``out`` cannot be written.
     """
-    page = html_page(notebook.load(path))
+    page = html_page(read(path))
     target = pathlib.Path(out)
     try:
         target.write_text(page, encoding="utf-8")
@@ -312,7 +319,7 @@ def export_html(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> pa
     return target
 
 
-def html_page(nb: nbformat.NotebookNode) -> str:
+def html_page(nb: RunNotebook | nbformat.NotebookNode) -> str:
     """The offline HTML viewer of a run notebook, as one string.
 
     The run goes in as JSON in a ``<script type="application/json">`` element with ``<``, ``>``

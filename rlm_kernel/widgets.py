@@ -21,7 +21,8 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the installed 
         "the run viewer widget needs ipywidgets: pip install 'rlm-kernel[lab]'"
     ) from e
 
-from . import notebook, viewer
+from . import viewer
+from .record import read
 
 PLAY_INTERVAL_MS = 1200
 
@@ -56,7 +57,7 @@ class RunViewer(w.VBox):
             NotebookFormatError: ``path`` is not a readable run notebook.
         """
         self.path = pathlib.Path(path)
-        data = viewer.trajectory(notebook.load(self.path))
+        data = viewer.trajectory(read(self.path))
         steps = data["steps"]
         last = len(steps)
         first = 1 if last else 0

@@ -11,62 +11,36 @@ import rlm_kernel
 
 PACKAGE = Path(rlm_kernel.__file__).parent
 
-# What each module may import from the package. Anything not listed imports nothing of ours.
-ALLOWED: dict[str, set[str]] = {
-    "__init__": {"context", "errors", "llm", "magic", "run", "types", "widgets"},
-    "__main__": {"cli"},
-    "cli": {
-        "__init__",
-        "bundle",
-        "demo",
-        "errors",
-        "live",
-        "llm",
-        "replay",
-        "run",
-        "types",
-        "testing",
-        "viewer",
-    },
-    "bundle": {"__init__", "context", "errors", "notebook", "replay"},
-    "magic": {"context", "errors", "here", "live", "replay", "run", "types"},
-    "here": {"errors", "kernel", "outputs"},
-    "live": {"errors", "notebook", "parse", "types"},
-    "viewer": {"errors", "llm", "notebook", "types"},
-    "widgets": {"notebook", "viewer"},
-    "replay": {"context", "errors", "kernel", "llm", "notebook", "outputs", "parse", "runtime"},
-    "demo": {"llm"},
-    "run": {
-        "bridge",
-        "budget",
-        "context",
-        "errors",
-        "kernel",
-        "live",
-        "llm",
-        "notebook",
-        "outputs",
-        "parse",
-        "prompts",
-        "replay",
-        "runtime",
-        "types",
-    },
-    "kernel": {"errors", "outputs", "types"},
-    "bridge": {"errors", "types"},
-    "budget": {"errors", "types"},
-    "context": {"errors"},
-    "notebook": {"errors", "types"},
-    "outputs": set(),
-    "parse": set(),
-    "prompts": {"context"},
-    "llm": {"errors", "types", "llm"},
-    "types": {"errors"},
-    "errors": set(),
-    "trust": {"errors"},
-    "runtime": set(),  # runs inside the kernel: the standard library only
-    "testing": {"testing"},
-}
+# The layers of DESIGN.md, bottom to top. A module may import modules of its own layer and of
+# the layers below it, never above: the run core never imports the user interface, the record
+# never imports the engine, and the kernel runtime imports nothing of ours.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("kernel", {"runtime"}),
+    ("base", {"errors", "types", "llm", "hooks"}),
+    ("record", {"record"}),
+    (
+        "engine",
+        {"kernel", "here", "session", "bridge", "context", "outputs", "parse", "prompts", "budget"},
+    ),
+    ("run", {"run", "loop", "subcalls", "tree", "fork", "replay", "verify"}),
+    (
+        "ui",
+        {
+            "__init__",
+            "__main__",
+            "cli",
+            "magic",
+            "widgets",
+            "live",
+            "viewer",
+            "bundle",
+            "demo",
+            "trust",
+            "testing",
+        },
+    ),
+]
+LAYER_OF = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
 
 
 def package_imports(path: Path) -> set[str]:
@@ -103,8 +77,18 @@ def test_imports_follow_the_design(path):
     rel = path.relative_to(PACKAGE)
     owner = rel.parts[0] if len(rel.parts) > 1 else rel.stem
     imported = package_imports(path) - {rel.stem if len(rel.parts) == 1 else owner}
-    assert owner in ALLOWED, f"{rel} is a new module: add it to ALLOWED with its arrows"
-    assert imported <= ALLOWED[owner] | {owner}, f"{rel} imports {imported - ALLOWED[owner]}"
+    assert owner in LAYER_OF, f"{rel} is a new module: give it a layer in LAYERS"
+    if owner == "runtime":
+        assert not imported, f"the kernel runtime imports {imported}: the standard library only"
+        return
+    above = {m for m in imported if LAYER_OF[m] > LAYER_OF[owner]}
+    layer = LAYERS[LAYER_OF[owner]][0]
+    assert not above, f"{rel} ({layer}) imports {above} from a layer above it"
+
+
+def test_every_module_has_a_layer():
+    tops = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in MODULES}
+    assert tops <= set(LAYER_OF), f"modules without a layer: {tops - set(LAYER_OF)}"
 
 
 def test_public_names_are_exactly_all():

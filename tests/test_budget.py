@@ -72,7 +72,7 @@ def test_limits_reject_nonsense_and_rlm_names_unknown_options():
 def test_subcall_record_dict_has_every_field():
     import dataclasses
 
-    from rlm_kernel.types import SubcallRecord
+    from rlm_kernel.record import SubcallRecord
 
     record = SubcallRecord(1, "llm", "m", "ab", 2, "hi", usage=Usage(calls=1, input_tokens=3))
     data = record.to_dict()
@@ -88,6 +88,18 @@ def test_a_cost_limit_warns_once_per_unpriced_model():
     assert len(record) == 1
 
 
-def test_max_depth_above_one_says_it_is_not_honoured_yet():
-    with pytest.warns(UserWarning, match="does not start child runs yet"):
-        RLM(lambda m: "", lambda m: "", max_depth=2)
+def test_a_child_account_counts_up_the_tree_and_meets_the_roots_limits():
+    root = Budget(Limits(max_subcalls=3, max_cost_usd=1.0))
+    child = root.child()
+    grandchild = child.child()
+    grandchild.reserve_subcall()
+    child.reserve_subcall()
+    grandchild.charge("sub", completion(0.25))
+    assert (root.subcalls, child.subcalls, grandchild.subcalls) == (2, 2, 1)
+    assert (root.cost_usd, child.cost_usd, grandchild.cost_usd) == (0.25, 0.25, 0.25)
+    assert root.usage["sub"].calls == child.usage["sub"].calls == 1
+    root.reserve_subcall()
+    with pytest.raises(BudgetExceeded, match="sub-call budget exhausted: 3 used of 3"):
+        grandchild.reserve_subcall()  # the root's limit, whoever asks
+    grandchild.charge("sub", completion(0.8))
+    assert grandchild.exhausted() == "max_cost" == root.exhausted()

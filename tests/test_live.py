@@ -17,7 +17,7 @@ import pytest
 
 from rlm_kernel import RLM, Usage
 from rlm_kernel.live import LiveDisplay, TerminalApprover, WidgetApprover, attach
-from rlm_kernel.types import SubcallRecord
+from rlm_kernel.record import SubcallRecord
 
 
 def script(*replies):

@@ -74,7 +74,7 @@ def test_a_human_in_the_loop_can_edit_skip_and_stop(tmp_path):
 
 
 def test_refused_subcalls_are_recorded_and_replay_the_same(tmp_path):
-    from rlm_kernel.replay import replay_notebook
+    from rlm_kernel.verify import replay_notebook
 
     code = (
         "```repl\ntry:\n    llm_query_batched(['a', 'b', 'c'])\n"
@@ -86,6 +86,7 @@ def test_refused_subcalls_are_recorded_and_replay_the_same(tmp_path):
     nb = nbformat.read(out, as_version=4)
     (cell,) = [c for c in nb.cells if "rlm-code" in c.metadata.get("tags", [])]
     errors = [s.error for s in cell.metadata.rlm.subcalls]
-    assert errors[:2] == [None, None] and errors[2].startswith("BudgetExceeded: ")
+    assert errors[:2] == [None, None] and errors[2]["type"] == "BudgetExceeded"
+    assert errors[2]["message"].startswith("sub-call budget exhausted")
     assert "refused:" in cell.outputs[0].text
     assert replay_notebook(out).status == "reproduced"

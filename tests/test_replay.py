@@ -16,10 +16,12 @@ import nbformat
 import pytest
 from nbrun import execute_notebook
 
-from rlm_kernel import RLM, runtime
+from rlm_kernel import RLM, errors
 from rlm_kernel.cli import main
 from rlm_kernel.magic import parse_replay_line
-from rlm_kernel.replay import RecordedCall, ReplayBook, ReplayTransport, normalize_text
+from rlm_kernel.record import RecordedCall, ReplayBook, read
+from rlm_kernel.replay import ReplayTransport
+from rlm_kernel.verify import normalize_text
 
 CONTEXT = "alpha beta gamma\ndelta epsilon\nalpha beta gamma\n"
 
@@ -153,7 +155,7 @@ def book_of(*calls: tuple[str, str | None, str | None]) -> ReplayBook:
 def test_the_nth_call_with_a_prompt_gets_the_nth_response():
     book = book_of(("q", "one", None), ("other", "x", None), ("q", "two", None))
     assert [book.answer("q"), book.answer("q"), book.answer("other")] == ["one", "two", "x"]
-    with pytest.raises(runtime.ReplayMiss) as miss:
+    with pytest.raises(errors.ReplayMiss) as miss:
         book.answer("q")
     assert "sent this prompt 2 times (first at step 1.1)" in str(miss.value)
     assert "every recorded sub-call is used up" in str(miss.value).lower()
@@ -161,9 +163,9 @@ def test_the_nth_call_with_a_prompt_gets_the_nth_response():
 
 def test_a_recorded_failure_fails_again_with_its_message():
     book = book_of(("q", None, "anthropic:m: HTTP 500 overloaded"), ("r", None, "ValueError: no"))
-    with pytest.raises(runtime.SubcallError, match=r"^ModelError: anthropic:m: HTTP 500"):
+    with pytest.raises(errors.SubcallFailed, match=r"^ModelError: anthropic:m: HTTP 500"):
         book.answer("q")
-    with pytest.raises(runtime.SubcallError, match=r"^ValueError: no$"):
+    with pytest.raises(errors.SubcallFailed, match=r"^ValueError: no$"):
         book.answer("r")
 
 
@@ -171,9 +173,10 @@ def test_a_missed_batch_uses_up_nothing_and_names_the_next_recorded_call():
     book = book_of(("a", "A", None), ("b", "B", None))
     transport = ReplayTransport(book)
     response = transport.request("subcall", {"prompts": ["a", "zzz never sent"], "kind": "llm"})
-    assert response["type"] == "ReplayMiss"
-    assert "'zzz never sent'" in response["error"]
-    assert "next unused sub-call was made at step 1.1 with the prompt 'a'" in response["error"]
+    assert response["error"]["type"] == "ReplayMiss"
+    assert "'zzz never sent'" in response["error"]["message"]
+    message = response["error"]["message"]
+    assert "next unused sub-call was made at step 1.1 with the prompt 'a'" in message
     assert transport.request("subcall", {"prompts": ["a", "b"]}) == {
         "results": [{"ok": "A"}, {"ok": "B"}]
     }
@@ -183,11 +186,11 @@ def test_calls_past_the_recorded_sub_call_limit_fail_as_budget_exceeded():
     transport = ReplayTransport(book_of(("a", "A", None)), max_subcalls=1)
     response = transport.request("subcall", {"prompts": ["a", "b"]})
     assert response["results"][0] == {"ok": "A"}
-    assert response["results"][1]["type"] == "BudgetExceeded"
+    assert response["results"][1]["error"]["type"] == "BudgetExceeded"
 
 
 def test_the_book_of_a_real_run_holds_its_calls_in_order(recorded):
-    book = ReplayBook.from_notebook(nbformat.read(recorded["words"], 4))
+    book = ReplayBook.from_run(read(recorded["words"]))
     assert [c.prompt_preview.split(":")[0] for c in book.calls] == [
         "Summarise",
         *["Count words"] * 3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -10,11 +11,12 @@ import sys
 import tempfile
 import textwrap
 import types
+from pathlib import Path
 
 import pytest
 
 from rlm_kernel import runtime
-from rlm_kernel.bridge import BridgeServer
+from rlm_kernel.bridge import BridgeServer, SubcallRequest
 
 
 class RecordingTransport:
@@ -83,17 +85,49 @@ def test_llm_query_and_batched_send_one_request_each(ns):
     assert ns["llm_query"]("hi", model="m") == "HI"
     assert ns["llm_query_batched"](["a", "b", "c"]) == ["A", "B", "C"]
     assert ns["llm_query_batched"]([]) == []
+    # No cell runs outside a kernel, so the requests name none.
     assert ns["_transport"].requests == [
-        ("subcall", {"kind": "llm", "prompts": ["hi"], "model": "m"}),
-        ("subcall", {"kind": "llm", "prompts": ["a", "b", "c"], "model": None}),
+        ("subcall", {"kind": "llm", "prompts": ["hi"], "model": "m", "cell": None}),
+        ("subcall", {"kind": "llm", "prompts": ["a", "b", "c"], "model": None, "cell": None}),
     ]
 
 
-def test_rlm_query_is_a_plain_subcall_with_context_appended(ns):
-    assert ns["rlm_query"]("q") == "Q"
-    assert ns["rlm_query"]("q", context="ctx") == "Q\n\nCTX"
-    assert ns["_transport"].requests[-1][1]["kind"] == "rlm"
-    assert "recursion is not available" in ns["rlm_query"].__doc__
+def test_rlm_query_hands_its_context_over_by_file(tmp_path):
+    namespace: dict = {}
+    transport = RecordingTransport()
+    runtime.install(namespace, transport, handoff_dir=str(tmp_path / "run.children"))
+    assert namespace["rlm_query"]("q") == "Q"
+    assert transport.requests[-1][1]["contexts"] == [None]
+    assert namespace["rlm_query_batched"](["a", "b"], contexts=["text", {"k": [1]}]) == ["A", "B"]
+    payload = transport.requests[-1][1]
+    assert payload["kind"] == "rlm"
+    first, second = payload["contexts"]
+    # The host takes the files over; here nobody did, so they are still where the kernel put them.
+    assert (first["kind"], second["kind"]) == ("text", "json")
+    assert Path(first["path"]).read_text(encoding="utf-8") == "text"
+    assert json.loads(Path(second["path"]).read_text(encoding="utf-8")) == {"k": [1]}
+    assert all(
+        os.path.dirname(c["path"]) == str(tmp_path / "run.children") for c in (first, second)
+    )
+    with pytest.raises(TypeError, match="context must be a str, a list or a dict"):
+        namespace["rlm_query"]("q", context=object())
+    with pytest.raises(TypeError, match="JSON values only"):
+        namespace["rlm_query"]("q", context=[object()])
+    with pytest.raises(ValueError, match="2 prompts but 1 contexts"):
+        namespace["rlm_query_batched"](["a", "b"], contexts=["x"])
+
+
+def test_a_failed_request_leaves_no_handoff_file(tmp_path):
+    namespace: dict = {}
+
+    class Broken:
+        def request(self, op, payload):
+            raise runtime.BridgeError("the host went away")
+
+    runtime.install(namespace, Broken(), handoff_dir=str(tmp_path))
+    with pytest.raises(runtime.BridgeError):
+        namespace["rlm_query"]("q", context="some text")
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_wrong_argument_types_are_clear(ns):
@@ -110,7 +144,13 @@ def test_wrong_argument_types_are_clear(ns):
 
 def test_host_errors_for_a_whole_request_raise(ns):
     def failing(op: str, payload: dict) -> dict:
-        return {"error": "sub-call budget exhausted", "type": "BudgetExceeded"}
+        return {
+            "error": {
+                "type": "BudgetExceeded",
+                "message": "sub-call budget exhausted",
+                "retries": 0,
+            }
+        }
 
     ns["_transport"].request = failing
     # install() bound the transport object; replacing its method reroutes the calls.
@@ -132,12 +172,12 @@ def test_final_var_rules(ns):
     with pytest.raises(NameError, match="assign it first"):
         ns["FINAL_VAR"]("zzzzzz")
     finals = [p for op, p in ns["_transport"].requests if op == "final"]
-    assert finals == [
-        {"value": "12", "via": "FINAL_VAR"},
-        {"value": "12", "via": "FINAL_VAR"},
-        {"value": "12 apples", "via": "FINAL_VAR"},
-        {"value": "['x']", "via": "FINAL_VAR"},
-        {"value": "class", "via": "FINAL_VAR"},
+    assert [(p["value"], p["via"]) for p in finals] == [
+        ("12", "FINAL_VAR"),
+        ("12", "FINAL_VAR"),
+        ("12 apples", "FINAL_VAR"),
+        ("['x']", "FINAL_VAR"),
+        ("class", "FINAL_VAR"),
     ]
 
 
@@ -156,8 +196,9 @@ def test_answer_dict_is_sent_once_per_value_even_when_rebound(ns):
     shell = types.SimpleNamespace()
     shell.events = EventManager(shell, available_events)
     runtime.install(ns, ns["_transport"], shell=shell)
-    runtime.install(ns, ns["_transport"], shell=shell)  # reinstalling replaces the hook
-    assert len(shell.events.callbacks["post_run_cell"]) == 1
+    runtime.install(ns, ns["_transport"], shell=shell)  # reinstalling replaces the hooks
+    assert len(shell.events.callbacks["post_run_cell"]) == 2  # the cell tracker and the watch
+    assert len(shell.events.callbacks["pre_run_cell"]) == 1
     shell.events.trigger("post_run_cell", None)
     ns["answer"] = {"content": 7, "ready": True}
     shell.events.trigger("post_run_cell", None)
@@ -165,7 +206,7 @@ def test_answer_dict_is_sent_once_per_value_even_when_rebound(ns):
     ns["answer"]["content"] = 8
     shell.events.trigger("post_run_cell", None)
     finals = [p for op, p in ns["_transport"].requests if op == "final"]
-    assert finals == [{"value": "7", "via": "answer"}, {"value": "8", "via": "answer"}]
+    assert [(p["value"], p["via"]) for p in finals] == [("7", "answer"), ("8", "answer")]
 
 
 def test_show_vars_lists_only_user_variables(ns, capsys):
@@ -240,7 +281,8 @@ def test_runtime_loads_in_isolated_python_with_the_package_blocked(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "['BudgetExceeded', 'FINAL', 'FINAL_VAR', 'ReplayMiss', 'SHOW_VARS', 'SubcallError', "
-        "'answer', 'context', 'llm_query', 'llm_query_batched', 'rlm_query']",
+        "'answer', 'context', 'llm_query', 'llm_query_batched', 'rlm_query', "
+        "'rlm_query_batched']",
         "{'k': [1, 2]}",
         "['rlm_kernel_runtime']",
     ]
@@ -255,9 +297,12 @@ def test_bootstrap_code_is_short_and_embeds_literals():
         context_kind="json",
     )
     compile(code, "<bootstrap>", "exec")
-    assert len(code.splitlines()) <= 12
-    assert repr("t'ok") in code and repr("unix:/tmp/a b.sock") in code
-    assert "context_path=None, context_kind='json'" in code
+    assert len(code.splitlines()) <= 14
+    # The values travel as one JSON literal, decoded in the kernel, never spliced into code.
+    literal = code.split("_rlm_bootstrap(", 2)[2].rsplit(")", 1)[0]
+    settings = json.loads(ast.literal_eval(literal))
+    assert settings["token"] == "t'ok" and settings["address"] == "unix:/tmp/a b.sock"
+    assert (settings["context_path"], settings["context_kind"]) == (None, "json")
 
 
 # --------------------------------------------------------------------------- a real kernel
@@ -271,7 +316,8 @@ class KernelHandler:
         self.blocked = asyncio.Event()
         self.cancelled = False
 
-    async def subcall(self, prompt: str, *, model: str | None, kind: str) -> str:
+    async def subcall(self, request: SubcallRequest) -> str:
+        prompt, kind = request.prompt, request.kind
         if prompt == "block":
             self.blocked.set()
             try:
@@ -282,7 +328,7 @@ class KernelHandler:
         self.calls.append((prompt, kind))
         return f"sub-model read {len(prompt)} chars"
 
-    async def final(self, value: str, *, via: str) -> None:
+    async def final(self, value: str, *, via: str, cell: str | None = None) -> None:
         self.finals.append((value, via))
 
 
@@ -332,7 +378,7 @@ async def _drive_kernel(tmp_path, sock_path: str) -> KernelHandler:
             assert (status, errs) == ("ok", [])
             assert out == "str 9000\nsub-model read 9 chars\n"
             status, out, errs = await _execute(kc, "print(rlm_query('count', context=context[:5]))")
-            assert out == "sub-model read 12 chars\n"
+            assert out == "sub-model read 5 chars\n"  # the context travels by file, not here
             status, _, errs = await _execute(kc, "FINAL_VAR('anser')")
             assert status == "error"
             assert errs == ["NameError: FINAL_VAR: no variable named 'anser'; did you mean answer?"]
@@ -368,5 +414,5 @@ async def _drive_kernel(tmp_path, sock_path: str) -> KernelHandler:
 def test_real_kernel_runs_bootstrap_subcalls_and_finals(tmp_path):
     with tempfile.TemporaryDirectory(prefix="rlmk") as short:
         handler = asyncio.run(_drive_kernel(tmp_path, os.path.join(short, "b.sock")))
-    assert handler.calls == [("needle é ", "llm"), ("count\n\nneedl", "rlm"), ("again", "llm")]
+    assert handler.calls == [("needle é ", "llm"), ("count", "rlm"), ("again", "llm")]
     assert handler.finals == [("done", "FINAL"), ("from the dict", "answer")]

@@ -395,15 +395,13 @@ def test_concurrent_requests_overlap(server):
     assert elapsed < 2.0, f"32 calls of 0.2 s took {elapsed:.2f} s; they did not overlap"
 
 
-def test_a_thousand_requests_are_quick(server):
+def test_a_thousand_requests_are_all_served_and_logged(server):
+    # How fast is a benchmark's question (benchmarks/overhead.py), not a test's.
     server.add_model("m", "ok")
     client = claude(server)
-    start = time.perf_counter()
     for _ in range(1000):
-        client.messages.create(model="m", max_tokens=10, messages=USER)
-    elapsed = time.perf_counter() - start
+        assert client.messages.create(model="m", max_tokens=10, messages=USER).content[0].text
     assert len(server.requests) == 1000
-    assert elapsed < 10, f"1000 requests took {elapsed:.1f} s"
 
 
 # -- lifecycle and the pytest fixture --------------------------------------------------------

@@ -13,7 +13,8 @@ import nbformat
 import pytest
 
 import rlm_kernel
-from rlm_kernel import RLM, cli, notebook, viewer
+from rlm_kernel import RLM, cli, viewer
+from rlm_kernel.record import read
 from rlm_kernel.types import Completion, Usage
 
 QUESTION = "What is <b>b</b>? </script>"
@@ -87,7 +88,7 @@ def run_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(run_path):
-    return viewer.trajectory(notebook.load(run_path))
+    return viewer.trajectory(read(run_path))
 
 
 def test_trajectory_has_steps_outputs_and_subcalls(data):
@@ -123,7 +124,7 @@ def test_cumulative_tokens_and_cost_add_up_to_the_run(tmp_path):
     sub = PricedModel("sub", None, tokens=10, cost=0.001)
     path = tmp_path / "priced.ipynb"
     RLM(root, sub).run("q", "ctx", notebook=path)
-    data = viewer.trajectory(notebook.load(path))
+    data = viewer.trajectory(read(path))
     steps = data["steps"]
     assert [s["tokens"] for s in steps] == [101 + 2 * 11, 101]
     assert [s["cum_tokens"] for s in steps] == [123, 224]
@@ -205,7 +206,7 @@ class _Tags(HTMLParser):
 
 @pytest.fixture(scope="module")
 def page(run_path) -> str:
-    return viewer.html_page(notebook.load(run_path))
+    return viewer.html_page(read(run_path))
 
 
 def test_html_escapes_model_output(page, data):

@@ -1,4 +1,4 @@
-"""The run notebook (format 1): the only module that reads or writes it.
+"""The one writer of run notebooks: the step-by-step recorder and whole-notebook writes.
 
 A run is recorded as a valid nbformat 4 notebook, rewritten atomically after every step, so a crash
 leaves the last complete step on disk. Cells, in order: a markdown summary (tag ``rlm-summary``),
@@ -9,6 +9,10 @@ model's text (tag ``rlm-step``) and one code cell per code block, and finally th
 Saving stays cheap however long the run: each cell is serialized once, when it is added, and a save
 only re-serializes the summary cell and the notebook metadata, then joins the cached bytes. The
 result is byte for byte what ``nbformat.write`` would produce for the same notebook.
+
+Whole notebooks (replayed copies, bundles, moved runs) go through :func:`write_notebook`, which
+validates and writes atomically too, after :func:`relocate` has rewritten the paths a notebook
+holds relative to itself.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import json
 import os
 import pathlib
 import platform
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,23 +37,13 @@ import nbformat
 from nbformat.v4.nbjson import BytesEncoder
 from nbformat.v4.rwbase import split_lines
 
-from .errors import NotebookFormatError, OutputPathError
-from .types import SubcallRecord, Usage
+from ..errors import NotebookFormatError, OutputPathError
+from ..types import Usage
+from . import format as fmt
+from .records import SubcallRecord
 
-FORMAT = 1
+__all__ = ["Recorder", "rebase", "relocate", "write_notebook"]
 
-SUMMARY_TAG = "rlm-summary"
-SETUP_TAG = "rlm-setup"
-STEP_TAG = "rlm-step"
-CODE_TAG = "rlm-code"
-ANSWER_TAG = "rlm-answer"
-
-FINAL_STATUSES = ("answered", "no_answer", "error", "interrupted")
-
-_SETUP_COMMENT = (
-    "# Replays this run without an API key: loads `context` and answers llm_query "
-    "from the recorded responses."
-)
 _KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 # Keys nbformat drops from the notebook metadata when writing.
 _TRANSIENT_METADATA = ("orig_nbformat", "orig_nbformat_minor", "signature")
@@ -62,7 +55,6 @@ _VERSIONED = (
     ("anthropic", "anthropic"),
     ("openai", "openai"),
 )
-_PLAIN_ARG = re.compile(r"^[\w.+@=-]+$")
 
 
 class Recorder:
@@ -93,16 +85,16 @@ class Recorder:
         meta = copy.deepcopy(dict(meta))
         _to_plain(meta)
         _fill_defaults(meta, _default_meta())
-        meta["format"] = FORMAT
+        meta["format"] = fmt.FORMAT
         self.meta: dict[str, Any] = nbformat.from_dict(meta)
 
         summary = nbformat.v4.new_markdown_cell(
-            source="", id="rlm-summary", metadata={"tags": [SUMMARY_TAG]}
+            source="", id="rlm-summary", metadata={"tags": [fmt.SUMMARY_TAG]}
         )
         setup = nbformat.v4.new_code_cell(
-            source=f"{_SETUP_COMMENT}\n%load_ext rlm_kernel\n%rlm_replay {_magic_arg(self.path)}",
+            source=fmt.setup_source(self.path.name),
             id="rlm-setup",
-            metadata={"tags": [SETUP_TAG]},
+            metadata={"tags": [fmt.SETUP_TAG]},
         )
         self.nb = nbformat.v4.new_notebook(
             cells=[summary, setup],
@@ -125,9 +117,9 @@ class Recorder:
         # save, so its slot is a placeholder.
         self._cell_json: list[bytes] = [b"", b",\n" + _cell_json(setup)]
         self._summary_json = _split_around_source(summary)
-        self._ids = {summary.id, setup.id}
+        self._index = {summary.id: 0, setup.id: 1}  # cell id -> position in nb.cells
         self._unsaved = 1  # cells at the end of nb.cells not yet validated and written
-        self._steps: dict[int, _StepStats] = {}
+        self._steps: dict[int, fmt.StepStats] = {}
         # The steps table of the summary, one row per step in step order, kept both as markdown
         # and as JSON-encoded source lines so a save joins them instead of re-encoding the table.
         self._row_steps: list[int] = []
@@ -167,8 +159,8 @@ class Recorder:
         cell = self._new_cell(
             "markdown",
             cell_id=f"step-{step}",
-            source=f"### Step {step}\n\n{markdown}",
-            metadata={"tags": [STEP_TAG], "rlm": rlm},
+            source=fmt.step_markdown(step, markdown),
+            metadata={"tags": [fmt.STEP_TAG], "rlm": rlm},
         )
         self._append(cell)
         stats = self._stats(step)
@@ -203,7 +195,7 @@ class Recorder:
         """
         rlm = {"step": step, "block": block, "exec": exec, "subcalls": list(subcalls)}
         rlm.update(extra or {})
-        cell_tags = [CODE_TAG, *(t for t in tags if t != CODE_TAG)]
+        cell_tags = [fmt.CODE_TAG, *(t for t in tags if t != fmt.CODE_TAG)]
         cell = self._new_cell(
             "code",
             cell_id=f"step-{step}-code-{block}",
@@ -217,6 +209,29 @@ class Recorder:
         stats.statuses.append(str(cell.metadata.rlm["exec"].get("status", "?")))
         stats.subcalls += len(subcalls)
         self._update_row(stats)
+
+    def update_subcalls(
+        self, cell_id: str, subcalls: Sequence[Mapping[str, Any] | SubcallRecord]
+    ) -> bool:
+        """Replace the sub-calls of a code cell already recorded (not written until save).
+
+        Sub-calls can change after their cell was recorded: one still running when the cell
+        ended (a background thread) gets its answer, or is cancelled, later.
+
+        Returns:
+            Whether the notebook has that cell.
+        """
+        index = self._index.get(cell_id)
+        if index is None or self._finished:
+            return False
+        cell = self.nb.cells[index]
+        before = len(cell.metadata.rlm.subcalls)
+        cell.metadata.rlm.subcalls = [nbformat.from_dict(_plain_record(s)) for s in subcalls]
+        self._cell_json[index] = b",\n" + _cell_json(cell)
+        stats = self._stats(int(cell.metadata.rlm.step))
+        stats.subcalls += len(subcalls) - before
+        self._update_row(stats)
+        return True
 
     def save(self) -> None:
         """Validate what changed since the last save and write the notebook atomically.
@@ -245,8 +260,10 @@ class Recorder:
         """
         if self._finished:
             raise RuntimeError(f"the run recorded in {self.path} is already finished")
-        if status not in FINAL_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, not {status!r}")
+        if status not in fmt.FINAL_STATUSES:
+            raise ValueError(
+                f"status must be one of {', '.join(fmt.FINAL_STATUSES)}, not {status!r}"
+            )
         finished = _now()
         self.meta.update(
             status=status,
@@ -259,8 +276,8 @@ class Recorder:
         cell = self._new_cell(
             "markdown",
             cell_id="rlm-answer",
-            source=_answer_source(answer, status, stop_reason, error),
-            metadata={"tags": [ANSWER_TAG]},
+            source=fmt.answer_source(answer, status, stop_reason, error),
+            metadata={"tags": [fmt.ANSWER_TAG]},
         )
         self._append(cell)
         self._finished = True
@@ -271,7 +288,7 @@ class Recorder:
     def _new_cell(self, cell_type: str, *, cell_id: str, **fields: Any) -> nbformat.NotebookNode:
         if self._finished:
             raise RuntimeError(f"cannot add cells: the run in {self.path} is already finished")
-        if cell_id in self._ids:
+        if cell_id in self._index:
             raise ValueError(f"cell {cell_id!r} is already in the notebook")
         # Copy first: the cell must not share containers with the caller, whose later changes
         # would otherwise go unseen by the cached JSON.
@@ -303,15 +320,15 @@ class Recorder:
             ) from e
         self.nb.cells.append(cell)
         self._cell_json.append(data)
-        self._ids.add(cell.id)
+        self._index[cell.id] = len(self.nb.cells) - 1
         self._unsaved += 1
 
-    def _stats(self, step: int) -> _StepStats:
+    def _stats(self, step: int) -> fmt.StepStats:
         if step not in self._steps:
-            self._steps[step] = _StepStats(step)
+            self._steps[step] = fmt.StepStats(step)
         return self._steps[step]
 
-    def _update_row(self, stats: _StepStats) -> None:
+    def _update_row(self, stats: fmt.StepStats) -> None:
         line = stats.render()
         i = bisect.bisect_left(self._row_steps, stats.step)
         if i < len(self._row_steps) and self._row_steps[i] == stats.step:
@@ -325,11 +342,11 @@ class Recorder:
     def _write(self, *, validate_all: bool) -> None:
         if not isinstance(self.meta, nbformat.NotebookNode):
             self.meta = nbformat.from_dict(self.meta)
-        self.meta["format"] = FORMAT
+        self.meta["format"] = fmt.FORMAT
         _to_plain(self.meta)
         self.nb.metadata["rlm"] = self.meta
         summary = self.nb.cells[0]
-        head = _summary_head(self.meta, has_steps=bool(self._row_steps))
+        head = fmt.summary_head(self.meta, has_steps=bool(self._row_steps))
         summary.source = head + "".join(self._row_text)
         if validate_all:
             checked = self.nb
@@ -368,96 +385,80 @@ class Recorder:
         self._unsaved = 0
 
 
-class _StepStats:
-    """What the summary table shows for one step."""
-
-    __slots__ = ("latency_s", "statuses", "step", "subcalls")
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-        self.latency_s: float | None = None
-        self.statuses: list[str] = []
-        self.subcalls = 0
-
-    def render(self) -> str:
-        """The step's row of the summary table, newline included."""
-        latency = "—" if self.latency_s is None else f"{self.latency_s:.1f} s"
-        counts: dict[str, int] = {}
-        for status in self.statuses:
-            counts[status] = counts.get(status, 0) + 1
-        exec_text = ", ".join(s if n == 1 else f"{s} ×{n}" for s, n in counts.items())
-        cells = [str(self.step), str(len(self.statuses)), exec_text or "—", str(self.subcalls)]
-        # _table_cell folds every line break, so the row is exactly one source line.
-        return "| " + " | ".join(_table_cell(c) for c in [*cells, latency]) + " |\n"
-
-
-def load(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
-    """Read a run notebook and check that it is valid nbformat 4 with a readable ``metadata.rlm``.
+def write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Validate a whole run notebook and write it atomically (temporary file, then rename).
 
     Raises:
-        NotebookFormatError: the file cannot be read, is not a notebook, is not a run notebook,
-            or was written by a newer rlm-kernel.
+        NotebookFormatError: it would not be a valid notebook; nothing is written.
+        OutputPathError: the folder cannot be written.
     """
+    path = pathlib.Path(path)
     try:
-        text = pathlib.Path(path).read_text(encoding="utf-8")
+        nbformat.validate(nb)
+    except nbformat.ValidationError as e:
+        raise NotebookFormatError(f"{path} would not be a valid notebook: {_reason(e)}") from e
+    text = nbformat.writes(nb)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, [text.encode("utf-8")])
     except OSError as e:
-        raise NotebookFormatError(f"cannot read run notebook {path}: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise NotebookFormatError(f"{path} is not an rlm-kernel run notebook: not UTF-8") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise NotebookFormatError(
-            f"{path} is not an rlm-kernel run notebook: invalid JSON at line {e.lineno}, "
-            f"column {e.colno} ({e.msg})"
-        ) from e
-    if not isinstance(data, dict) or data.get("nbformat") != 4:
-        raise NotebookFormatError(
-            f"{path} is not an rlm-kernel run notebook: not an nbformat 4 notebook"
-        )
-    try:
-        # Validate the file's own structure first: converting a malformed one fails obscurely.
-        nbformat.validate(data)
-        nb = nbformat.v4.to_notebook_json(data)
-    except (nbformat.ValidationError, LookupError, TypeError, AttributeError) as e:
-        raise NotebookFormatError(
-            f"{path} is not an rlm-kernel run notebook: invalid notebook: {_reason(e)}"
-        ) from e
-    meta = nb.metadata.get("rlm")
-    if not isinstance(meta, dict):
-        raise NotebookFormatError(f"{path} is not an rlm-kernel run notebook: no metadata.rlm")
-    fmt = meta.get("format")
-    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
-        raise NotebookFormatError(
-            f"{path} is not an rlm-kernel run notebook: metadata.rlm.format is {fmt!r}"
-        )
-    if fmt > FORMAT:
-        raise NotebookFormatError(
-            f"{path} is not an rlm-kernel run notebook this version can read: it is format {fmt}, "
-            f"this rlm-kernel reads format {FORMAT} and older; upgrade rlm-kernel to open it"
-        )
-    return nb
+        raise OutputPathError(f"cannot write the notebook {path}: {e.strerror or e}") from e
+    return path
 
 
-def steps(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
-    """Group a run notebook's cells by step, in step order.
+def relocate(
+    nb: nbformat.NotebookNode, source: str | os.PathLike[str], target: str | os.PathLike[str]
+) -> nbformat.NotebookNode:
+    """A copy of the run notebook read from ``source``, with its links valid at ``target``.
 
-    Returns:
-        One dict per step: ``{"step": k, "markdown_cell": cell or None, "code_cells": [...]}``,
-        the code cells in notebook order.
+    The paths a run notebook holds are relative to the notebook itself: its context file, its
+    parent run, its child runs (on their sub-call records and in the summary's tree). Each is
+    rewritten to point at the same file from the new place, and the setup cell names the new
+    file. Paths that do not resolve against ``source`` are left as they are.
     """
-    by_step: dict[int, dict[str, Any]] = {}
-    for cell in nb.cells:
-        rlm = cell.get("metadata", {}).get("rlm")
-        if not isinstance(rlm, dict) or not isinstance(rlm.get("step"), int):
-            continue
-        k = rlm["step"]
-        entry = by_step.setdefault(k, {"step": k, "markdown_cell": None, "code_cells": []})
-        if cell.cell_type == "markdown":
-            entry["markdown_cell"] = cell
-        elif cell.cell_type == "code":
-            entry["code_cells"].append(cell)
-    return [by_step[k] for k in sorted(by_step)]
+    target = pathlib.Path(target)
+    copy_nb = copy.deepcopy(nb)
+
+    def move(rel: Any) -> Any:
+        return rebase(rel, source, target)
+
+    meta = copy_nb.metadata.rlm
+    ctx = meta.get("context") or {}
+    if ctx.get("path"):
+        ctx["path"] = move(ctx["path"])
+    parent = meta.get("parent")
+    if isinstance(parent, dict) and parent.get("notebook"):
+        parent["notebook"] = move(parent["notebook"])
+    for child in meta.get("children") or []:
+        child["notebook"] = move(child.get("notebook"))
+    for cell in copy_nb.cells:
+        rlm = cell.get("metadata", {}).get("rlm") or {}
+        for sub in rlm.get("subcalls") or []:
+            if sub.get("child"):
+                sub["child"] = move(sub["child"])
+        if fmt.SETUP_TAG in cell.get("metadata", {}).get("tags", []):
+            cell.source = fmt.setup_source(target.name, previous=cell.source)
+    return copy_nb
+
+
+def rebase(rel: Any, source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Any:
+    """A path relative to notebook ``source``, made relative to notebook ``target``.
+
+    Anything that is not a relative path (``None``, an absolute path) is returned as it is.
+    """
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+        return rel
+    src_dir = pathlib.Path(source).resolve().parent
+    dst_dir = pathlib.Path(target).resolve().parent
+    return pathlib.Path(os.path.relpath(src_dir / rel, dst_dir)).as_posix()
+
+
+def _plain_record(record: Mapping[str, Any] | SubcallRecord) -> dict[str, Any]:
+    if isinstance(record, SubcallRecord):
+        return record.to_metadata()
+    data = dict(record)
+    _to_plain(data)
+    return data
 
 
 # -- serialization -------------------------------------------------------------------------------
@@ -554,7 +555,7 @@ def _versions() -> dict[str, str]:
 
 def _default_meta() -> dict[str, Any]:
     return {
-        "format": FORMAT,
+        "format": fmt.FORMAT,
         "run_id": uuid.uuid4().hex,
         "status": "running",
         "stop_reason": None,
@@ -581,6 +582,8 @@ def _default_meta() -> dict[str, Any]:
         "versions": dict(_versions()),
         "parent": None,
         "error": None,
+        "depth": 1,
+        "children": [],
     }
 
 
@@ -612,113 +615,3 @@ def _to_plain(value: Any) -> None:
 
 def _reason(error: Exception) -> str:
     return str(getattr(error, "message", None) or error).splitlines()[0]
-
-
-def _magic_arg(path: pathlib.Path) -> str:
-    name = path.name
-    return name if _PLAIN_ARG.match(name) else json.dumps(name, ensure_ascii=False)
-
-
-# -- markdown ------------------------------------------------------------------------------------
-
-
-def _escape_html(text: str) -> str:
-    # Stray HTML in a question or answer must not swallow the rest of the summary when rendered.
-    return text.replace("&", "&amp;").replace("<", "&lt;")
-
-
-def _quote(text: str) -> str:
-    return "\n".join(f"> {line}".rstrip() for line in _escape_html(text).splitlines() or [""])
-
-
-def _table_cell(text: str, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return _escape_html(text).replace("\\", "\\\\").replace("|", "\\|")
-
-
-def _tokens(usage: Any) -> str:
-    u = Usage.from_dict(usage if isinstance(usage, dict) else None)
-    return (
-        f"{u.input_tokens:,} in · {u.output_tokens:,} out · "
-        f"{u.cache_read_input_tokens:,} cache read · {u.cache_creation_input_tokens:,} cache write "
-        f"({u.calls:,} calls)"
-    )
-
-
-def _summary_head(meta: Mapping[str, Any], *, has_steps: bool) -> str:
-    """The summary cell up to the rows of its steps table; every line ends with a newline."""
-    status = str(meta.get("status"))
-    if meta.get("stop_reason"):
-        status += f" ({meta['stop_reason']})"
-    models = meta.get("models") or {}
-    usage = meta.get("usage") or {}
-    cost = meta.get("cost_usd")
-    if meta.get("duration_s") is not None:
-        time_text = f"{meta['duration_s']:.1f} s, started {meta.get('started')}"
-    else:
-        time_text = f"started {meta.get('started')}, still running"
-    rows = [
-        ("Status", status),
-        ("Models", f"root {models.get('root') or '—'} · sub {models.get('sub') or '—'}"),
-        ("Steps", str(meta.get("steps"))),
-        ("Sub-calls", str(meta.get("subcalls"))),
-        ("Tokens (root)", _tokens(usage.get("root"))),
-        ("Tokens (sub)", _tokens(usage.get("sub"))),
-        ("Cost", "unknown" if cost is None else f"${cost:.4f}"),
-        ("Time", time_text),
-    ]
-    if meta.get("error"):
-        rows.append(("Error", str(meta["error"])))
-    parent = meta.get("parent")
-    if isinstance(parent, dict):
-        rows.append(("Parent", f"{parent.get('notebook')} step {parent.get('step')}"))
-
-    answer = meta.get("answer")
-    if answer is not None:
-        answer_text = _quote(str(answer))
-    elif meta.get("status") == "running":
-        answer_text = "_No answer yet: the run is in progress._"
-    else:
-        answer_text = "_The run ended without an answer._"
-
-    parts = [
-        f"## RLM run `{meta.get('run_id')}`",
-        "",
-        "**Question**",
-        "",
-        _quote(str(meta.get("question") or "")),
-        "",
-        "**Answer**",
-        "",
-        answer_text,
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {name} | {_table_cell(value, 200)} |" for name, value in rows),
-        "",
-        "**Steps**",
-        "",
-    ]
-    if has_steps:
-        parts += [
-            "| Step | Code blocks | Exec | Sub-calls | Latency |",
-            "|---:|---:|---|---:|---:|",
-        ]
-    else:
-        parts.append("_No steps recorded yet._")
-    return "\n".join(parts) + "\n"
-
-
-def _answer_source(
-    answer: str | None, status: str, stop_reason: str | None, error: str | None
-) -> str:
-    if answer is not None:
-        return f"## Answer\n\n{answer}"
-    why = f"status `{status}`" + (f", stop reason `{stop_reason}`" if stop_reason else "")
-    text = f"## Answer\n\n_The run ended without an answer ({why})._"
-    if error:
-        fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", error)), default=0))
-        text += f"\n\n{fence}\n{error}\n{fence}"
-    return text

@@ -1,0 +1,302 @@
+"""The step loop of one run: ask the root model, run its code, show it what happened, repeat.
+
+It keeps the conversation and records each step and code cell through the
+:class:`~rlm_kernel.record.Recorder`; sub-calls are the :class:`~rlm_kernel.subcalls.
+SubcallService`'s, which hands each cell its records by cell id. The human in the loop
+(``approve``) is asked before each block runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from . import parse, prompts
+from .budget import Budget
+from .errors import BudgetExceeded, RunStopped
+from .hooks import run_hook
+from .kernel import ExecResult
+from .llm import LLM
+from .outputs import OutputCollector, render_text, truncate
+from .record import FINAL_TAG, NOT_RUN_MARKER, Recorder, code_cell_id, code_marker
+from .session import Session
+from .subcalls import SubcallService
+from .types import Completion, Limits, Message
+
+__all__ = ["StepLoop"]
+
+_CUT_OFF = frozenset({"max_tokens", "length"})  # stop reasons of a reply cut at the token limit
+
+
+class StepLoop:
+    """The conversation with the root model and the cells it makes.
+
+    Args:
+        root: the root model.
+        question: the run's question.
+        system: the rendered system prompt.
+        limits: the run's limits (``max_steps`` is this run's own).
+        budget: the run's account of the tree's budget.
+        recorder: the run notebook being written.
+        service: the run's sub-call service (records, final answer).
+        hooks: ``on_step`` and ``on_output`` (optional, sync or async).
+        approve: the human in the loop, or ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: LLM,
+        question: str,
+        system: str,
+        limits: Limits,
+        budget: Budget,
+        recorder: Recorder,
+        service: SubcallService,
+        hooks: dict[str, Any],
+        approve: Callable[..., Any] | None = None,
+    ) -> None:
+        self.root = root
+        self.question = question
+        self.limits = limits
+        self.budget = budget
+        self.recorder = recorder
+        self.service = service
+        self.hooks = hooks
+        self.approve = approve
+        self.steps = 0
+        self.messages: list[Message] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompts.first_message(question)},
+        ]
+
+    async def run(self, session: Session, *, first: int = 1) -> tuple[str | None, str]:
+        """Take steps from ``first`` until an answer or a limit; return it and the stop reason."""
+        for step in range(first, self.limits.max_steps + 1):
+            if stop := self.budget.exhausted():
+                return None, stop
+            try:
+                completion = await self._ask_root()
+            except BudgetExceeded:
+                return None, "timeout"
+            self.steps = step
+            text = completion.text
+            # The API refuses an empty assistant turn in the history.
+            self.messages.append({"role": "assistant", "content": text or "(empty reply)"})
+            blocks = parse.code_blocks(text)
+            self.recorder.add_step(
+                step=step,
+                markdown=parse.prose(text, functools.partial(code_marker, step)),
+                raw=text,
+                usage=completion.usage.to_dict(),
+                latency_s=round(completion.latency_s, 4),
+                extra=_completion_extra(completion),
+            )
+            await run_hook(
+                self.hooks.get("on_step"),
+                step=step,
+                max_steps=self.limits.max_steps,
+                text=text,
+                blocks=len(blocks),
+                usage=self.budget.usage,
+                subcalls=self.budget.subcalls,
+                cost_usd=self.budget.cost_usd,
+                elapsed_s=self.budget.elapsed(),
+            )
+            reports = []
+            # The blocks of one reply share the output budget, so a reply with many blocks
+            # cannot grow the next prompt by more than max_output_chars.
+            share = self.limits.max_output_chars // max(1, len(blocks))
+            for n, block in enumerate(blocks, start=1):
+                reports.append(await self._approved_block(session, step, n, block.code, share))
+                if self.service.final_value is not None:
+                    break
+            found = parse.final_answer(text) if self.service.final_value is None else None
+            # An answer written next to code that failed was written blind: show the error.
+            rejected = found is not None and any(r.status != "ok" for r in reports)
+            if found is not None and not rejected:
+                await self._take_final(session, step, len(reports) + 1, found, reports)
+            self.save()
+            if self.service.final_value is not None:
+                return self.service.final_value, "final"
+            if stop := self.budget.exhausted():
+                return None, stop
+            feedback = prompts.feedback(
+                reports,
+                step=step,
+                max_steps=self.limits.max_steps,
+                final_rejected=rejected,
+                cut_off=completion.stop_reason in _CUT_OFF,
+            )
+            self.messages.append({"role": "user", "content": feedback})
+        return await self._last_call(session), "max_steps"
+
+    def record_totals(self) -> None:
+        """Put the run's totals (its subtree's, for a tree) into the notebook's metadata."""
+        self.recorder.meta.update(
+            steps=self.steps,
+            subcalls=self.budget.subcalls,
+            usage={role: u.to_dict() for role, u in self.budget.usage.items()},
+            cost_usd=self.budget.cost_usd,
+        )
+
+    def save(self) -> None:
+        """Write the run's totals into the notebook and save it."""
+        self.record_totals()
+        self.recorder.save()
+
+    # -- one step -----------------------------------------------------------------------------
+
+    async def _ask_root(self, messages: list[Message] | None = None) -> Completion:
+        self.budget.check_time()
+        remaining = self.budget.remaining_time()
+        coro = self.root.complete(messages or self.messages, max_tokens=self.limits.max_tokens)
+        try:
+            # wait_for wraps the call in a task; without a deadline there is nothing to enforce.
+            completion = await (coro if remaining is None else asyncio.wait_for(coro, remaining))
+        except asyncio.TimeoutError:
+            limit = self.limits.timeout or 0
+            raise BudgetExceeded("time (s)", self.budget.elapsed(), limit) from None
+        self.budget.charge("root", completion)
+        return completion
+
+    async def _approved_block(
+        self, session: Session, step: int, block: int, code: str, limit: int
+    ) -> prompts.BlockReport:
+        """Run a block, first asking the human in the loop when there is one."""
+        if self.approve is None:
+            return await self.run_block(session, step, block, code, limit=limit)
+        decision = self.approve(step=step, block=block, code=code)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        if decision is False:
+            raise RunStopped(f"stopped by the user before block {step}.{block}")
+        if decision is None:
+            shown = "[the user skipped this block; it did not run]"
+            self.recorder.add_code(
+                step=step,
+                block=block,
+                source=code,
+                outputs=[],
+                execution_count=None,
+                exec={"status": "skipped", "duration_s": 0.0, "output_chars": 0, "shown": shown},
+                subcalls=[],
+                tags=("rlm-code",),
+                extra={"approval": {"decision": "skipped"}},
+            )
+            return prompts.BlockReport(status="skipped", shown=shown, output_chars=0)
+        if not isinstance(decision, str):
+            raise TypeError(f"approve() returned {decision!r}; expected code, None or False")
+        approval = (
+            {"decision": "run"} if decision == code else {"decision": "edited", "original": code}
+        )
+        return await self.run_block(
+            session, step, block, decision, limit=limit, extra={"approval": approval}
+        )
+
+    async def run_block(
+        self,
+        session: Session,
+        step: int,
+        block: int,
+        code: str,
+        tags: tuple[str, ...] = (),
+        limit: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> prompts.BlockReport:
+        """Run one code block in ``session`` and record it as a code cell."""
+        # The notebook keeps the first max_cell_output_bytes; the collector also keeps the end
+        # of what went past that, so the model is shown the real head and tail.
+        limit = limit or self.limits.max_output_chars
+        collector = OutputCollector(self.limits.max_cell_output_bytes, tail_chars=limit)
+        cell_id = code_cell_id(step, block)
+        result = await session.execute(
+            code, timeout=self.budget.cell_timeout(), collector=collector, cell_id=cell_id
+        )
+        full = render_text(result.outputs)
+        kept = render_text(result.outputs[:-1]) if collector.truncated else full  # no marker
+        if collector.dropped_tail:
+            full += f"...\n{collector.dropped_tail}"
+        shown = truncate(full, limit) + _status_note(result)
+        produced = len(kept) + collector.dropped_chars
+        self.recorder.add_code(
+            step=step,
+            block=block,
+            source=code,
+            outputs=result.outputs,
+            execution_count=result.execution_count,
+            exec={
+                "status": result.status,
+                "duration_s": round(result.duration_s, 4),
+                "output_chars": produced,
+                "shown": shown,
+            },
+            subcalls=self.service.take(cell_id),
+            tags=("rlm-code", *tags),
+            extra=extra,
+        )
+        await run_hook(
+            self.hooks.get("on_output"), step=step, block=block, status=result.status, shown=shown
+        )
+        return prompts.BlockReport(status=result.status, shown=shown, output_chars=produced)
+
+    async def _take_final(
+        self,
+        session: Session,
+        step: int,
+        block: int,
+        found: parse.FinalAnswer,
+        reports: list[prompts.BlockReport],
+    ) -> None:
+        if found.kind == "FINAL":
+            self.service.final_value = found.value
+            return
+        # FINAL_VAR names a kernel variable: evaluate it as a recorded cell so replay reproduces it.
+        code = f"FINAL_VAR({found.value!r})"
+        reports.append(await self.run_block(session, step, block, code, tags=(FINAL_TAG,)))
+
+    async def _last_call(self, session: Session) -> str | None:
+        messages = [*self.messages, {"role": "user", "content": prompts.last_call(self.question)}]
+        try:
+            completion = await self._ask_root(messages)
+        except BudgetExceeded:
+            return None
+        step = self.steps = self.steps + 1
+        self.recorder.add_step(
+            step=step,
+            markdown=parse.prose(completion.text, lambda n: NOT_RUN_MARKER),
+            raw=completion.text,
+            usage=completion.usage.to_dict(),
+            latency_s=round(completion.latency_s, 4),
+            extra={"last_call": True, **_completion_extra(completion)},
+        )
+        self.messages.extend(messages[-1:])
+        self.messages.append({"role": "assistant", "content": completion.text})
+        if found := parse.final_answer(completion.text):
+            await self._take_final(session, step, 1, found, [])
+        self.save()
+        return self.service.final_value
+
+
+def _completion_extra(completion: Completion) -> dict[str, Any]:
+    return {
+        "model": completion.model,
+        "cost_usd": completion.cost_usd,
+        "retries": completion.retries,
+        "stop_reason": completion.stop_reason,
+    }
+
+
+def _status_note(result: ExecResult) -> str:
+    if result.status == "timeout":
+        kept = "the kernel was restarted" if result.restarted else "your variables are kept"
+        return f"\n[the cell was interrupted after {result.duration_s:.1f} s (time limit); {kept}]"
+    if result.status == "kernel_died":
+        return (
+            "\n[the kernel died while running this cell and was restarted: `context` and the "
+            "REPL functions are back, your other variables are gone]"
+        )
+    return ""

@@ -1,0 +1,104 @@
+"""Where the model's code runs: the :class:`Session` protocol, and a pool of warm kernels.
+
+A run asks a :class:`SessionFactory` for a session with its setup code (which loads ``context``
+and connects ``llm_query`` & co. to the host) and runs each code block with
+:meth:`Session.execute`. :class:`~rlm_kernel.kernel.KernelSession` (a fresh local kernel) and
+:class:`~rlm_kernel.here.HereSession` (the current IPython kernel) are sessions; so is anything
+else with the same two methods, e.g. a kernel on a gateway.
+
+Child runs start often and in bursts (``rlm_query_batched``), so a :class:`KernelPool` keeps a
+few kernels started ahead of time and hands them out already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from .kernel import ExecResult, KernelSession
+from .outputs import OutputCollector
+
+__all__ = ["KernelPool", "Session", "SessionFactory"]
+
+
+class Session(Protocol):
+    """A place to run code: state kept from one call to the next."""
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        collector: OutputCollector | None = None,
+        cell_id: str | None = None,
+    ) -> ExecResult:
+        """Run ``code``; a timeout interrupts it (state kept), a dead kernel is restarted."""
+        ...
+
+
+class SessionFactory(Protocol):
+    """Makes the session of one run: ``async with factory(setup_code=...) as session``."""
+
+    def __call__(self, *, setup_code: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+
+class KernelPool:
+    """Local kernels started ahead of time for child runs, one per child, never reused.
+
+    A child's kernel is its own for the child's whole run and is shut down after it, as a
+    run's kernel always is; the pool starts a replacement in the background, so a burst of
+    children does not pay its start-ups one after another.
+
+    Args:
+        warm: kernels kept started and waiting.
+        kernel_name: the kernelspec.
+    """
+
+    def __init__(self, warm: int = 2, *, kernel_name: str = "python3") -> None:
+        self.warm = max(0, warm)
+        self.kernel_name = kernel_name
+        self._ready: list[asyncio.Task[KernelSession]] = []
+        self._closed = False
+
+    def fill(self) -> None:
+        """Start kernels until ``warm`` are started or starting."""
+        while not self._closed and len(self._ready) < self.warm:
+            self._ready.append(asyncio.ensure_future(self._start()))
+
+    async def _start(self) -> KernelSession:
+        ks = KernelSession(kernel_name=self.kernel_name, shutdown_grace=0)
+        await ks.start()
+        return ks
+
+    @contextlib.asynccontextmanager
+    async def session(self, *, setup_code: str) -> AsyncIterator[KernelSession]:
+        """A running kernel configured with ``setup_code``; shut down when the block ends."""
+        if self._closed:
+            raise RuntimeError("the kernel pool is closed")
+        task = self._ready.pop(0) if self._ready else asyncio.ensure_future(self._start())
+        self.fill()
+        ks: KernelSession | None = None
+        try:
+            ks = await task
+            await ks.configure(setup_code)
+            yield ks
+        finally:
+            if ks is None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    ks = await task
+            if ks is not None:
+                await ks.shutdown()
+
+    async def aclose(self) -> None:
+        """Shut down every waiting kernel (and stop starting new ones)."""
+        self._closed = True
+        ready, self._ready = self._ready, []
+        for task in ready:
+            task.cancel()
+        for task in ready:
+            with contextlib.suppress(BaseException):
+                ks = await task
+                await ks.shutdown()

@@ -1,0 +1,201 @@
+"""The sub-call service of one run: what answers ``llm_query`` & co. coming over the bridge.
+
+It owns the sub-models, the run's share of the budget and the sub-call records, kept per cell
+by the id the kernel sends with each request. A call that arrives after its cell was recorded (a
+background thread) is added to that same cell, marked ``late``. While a fork replays the steps
+it copies, the service answers from the parent's :class:`~rlm_kernel.record.ReplayBook`, the
+same recorded-answer path as ``%rlm_replay``. ``rlm_query`` calls go to a child runner (a run of
+their own, see :mod:`rlm_kernel.tree`) until the maximum depth, then to the sub-model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .bridge import SubcallRequest
+from .budget import Budget
+from .errors import BridgeError
+from .hooks import run_hook
+from .llm import LLM, resolve
+from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
+from .types import Limits
+
+__all__ = ["ChildStarter", "SubcallService"]
+
+PROMPT_PREVIEW_CHARS = 200
+CANCELLED_WAIT_S = 3600.0
+
+
+class ChildStarter(Protocol):
+    """Runs ``rlm_query`` as a child run and returns its answer, filling in ``record``."""
+
+    async def __call__(self, request: SubcallRequest, record: SubcallRecord) -> str: ...
+
+
+class SubcallService:
+    """Answers one run's sub-calls (the bridge's :class:`~rlm_kernel.bridge.SubcallHandler`).
+
+    Args:
+        sub: the run's sub-model.
+        budget: the run's account of the tree's budget.
+        limits: the run's limits (``sub_max_tokens``).
+        children: starts child runs; ``None`` at the maximum depth, where ``rlm_query`` is a
+            plain sub-model call.
+        handoff_dir: the folder the kernel writes child contexts in (the only one it may name).
+        on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
+        on_late: called as ``on_late(cell_id, records)`` when a recorded cell's sub-calls
+            change after it was recorded.
+    """
+
+    def __init__(
+        self,
+        *,
+        sub: LLM,
+        budget: Budget,
+        limits: Limits,
+        children: ChildStarter | None = None,
+        handoff_dir: Path | None = None,
+        on_subcall: Callable[..., Any] | None = None,
+        on_late: Callable[[str, list[SubcallRecord]], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.sub = sub
+        self.budget = budget
+        self.limits = limits
+        self.children = children
+        self.handoff_dir = handoff_dir.resolve() if handoff_dir is not None else None
+        self.on_subcall = on_subcall
+        self.on_late = on_late
+        self.models: dict[str, LLM] = {sub.name: sub}
+        self.book: ReplayBook | None = None
+        self.final_value: str | None = None
+        self._ids = 0
+        self._cells: dict[str | None, list[SubcallRecord]] = {}
+        self._recorded: set[str] = set()
+
+    # -- the bridge calls these ---------------------------------------------------------------
+
+    async def subcall(self, request: SubcallRequest) -> str:
+        """Answer one prompt of the kernel's code; see the bridge for how errors travel."""
+        handoff = self._take_handoff(request.context)
+        if self.book is not None:
+            if handoff is not None:
+                handoff.unlink(missing_ok=True)
+            return await self._from_book(request.prompt)
+        self._ids += 1
+        record = SubcallRecord(
+            id=self._ids,
+            kind="rlm" if request.kind == "rlm" else "llm",
+            model=request.model or self.sub.name,
+            prompt_sha256=prompt_sha256(request.prompt),
+            prompt_chars=len(request.prompt),
+            prompt_preview=request.prompt[:PROMPT_PREVIEW_CHARS],
+            cell=request.cell,
+        )
+        if request.cell in self._recorded:
+            record.note = "made after its cell had finished (a thread that outlived the cell)"
+        # Kept before the call so records keep the order the calls were made in; a call the
+        # budget refuses is recorded too, so a replay meets the same refusal.
+        self._cells.setdefault(request.cell, []).append(record)
+        try:
+            self.budget.reserve_subcall()
+            if record.kind == "rlm" and self.children is not None:
+                request = SubcallRequest(
+                    request.prompt, request.kind, request.model, request.cell, _as_context(handoff)
+                )
+                handoff = None  # the child owns the file now
+                return await self.children(request, record)
+            return await self._ask(request, record, handoff)
+        except asyncio.CancelledError:
+            record.error = ErrorRecord(
+                "SubcallCancelled", "cut short: the cell's time limit ran out or the run stopped"
+            )
+            raise
+        except Exception as e:
+            record.error = ErrorRecord.from_exception(e)
+            raise
+        finally:
+            if handoff is not None:
+                handoff.unlink(missing_ok=True)
+            await run_hook(self.on_subcall, record=record)
+            if request.cell in self._recorded and self.on_late is not None:
+                await run_hook(self.on_late, request.cell, self._cells[request.cell])
+
+    async def final(self, value: str, *, via: str, cell: str | None = None) -> None:
+        """Take the final answer sent from the kernel."""
+        self.final_value = value
+
+    # -- the loop calls these -----------------------------------------------------------------
+
+    def take(self, cell_id: str) -> list[SubcallRecord]:
+        """The sub-calls a cell made so far; later ones for it reach ``on_late``."""
+        self._recorded.add(cell_id)
+        return list(self._cells.get(cell_id, []))
+
+    def model(self, name: str | None) -> LLM:
+        """The run's sub-model, or another one by name (resolved once)."""
+        if name is None:
+            return self.sub
+        if name not in self.models:
+            self.models[name] = resolve(name)
+        return self.models[name]
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _from_book(self, prompt: str) -> str:
+        assert self.book is not None
+        (call,) = self.book.take([prompt])
+        if call is not None and call.cancelled:
+            # Cut short by its cell's time limit in the recorded run: wait for the same cut.
+            await asyncio.sleep(CANCELLED_WAIT_S)
+        if call is None:
+            return self.book.answer(prompt)  # nothing was used up: this raises the miss
+        failure = call.failure
+        if failure is not None:
+            raise failure.to_exception()
+        assert call.response is not None
+        return call.response
+
+    async def _ask(
+        self, request: SubcallRequest, record: SubcallRecord, handoff: Path | None
+    ) -> str:
+        llm = self.model(request.model)
+        record.model = llm.name
+        prompt = request.prompt
+        if record.kind == "rlm":
+            record.note = "at the maximum depth: answered by the sub-model, not a child run"
+            if handoff is not None:
+                prompt = f"{prompt}\n\n{handoff.read_text(encoding='utf-8')}"
+        completion = await llm.complete(
+            [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
+        )
+        self.budget.charge("sub", completion)
+        record.response = completion.text
+        record.latency_s = round(completion.latency_s, 4)
+        record.usage = completion.usage
+        record.cost_usd = completion.cost_usd
+        record.retries = completion.retries
+        record.stop_reason = completion.stop_reason
+        return completion.text
+
+    def _take_handoff(self, context: dict[str, str] | None) -> Path | None:
+        if context is None:
+            return None
+        path = Path(context["path"]).resolve()
+        # Only files in this run's hand-off folder: the kernel must not name host files.
+        if self.handoff_dir is None or path.parent != self.handoff_dir:
+            raise BridgeError(
+                f"a child context must be written in the run's hand-off folder, not {path}"
+            )
+        if not path.is_file():
+            raise BridgeError(f"the child context file {path} is missing")
+        return path
+
+
+def _as_context(path: Path | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    return {"path": os.fspath(path), "kind": "json" if path.suffix == ".json" else "text"}
