@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options.add_model_options(
         rs.add_argument_group("models"),
-        defaults={"model": "the run's", "sub_model": "--model when it is given, else the run's"},
+        defaults={"model": "the run's", "sub_model": "the run's, also when --model is given"},
     )
     _approve_arg(rs)
     options.add_limit_options(rs)
@@ -381,7 +381,7 @@ def fork_path(notebook: Path, step: int) -> Path:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     root, sub = recorded_models(args.notebook)
-    models = options.choose_models(args, root=root, sub=sub)
+    models = options.choose_models(args, root=root, sub=sub, sub_follows_model=False)
     rlm = _rlm(args, models["model"], models["sub_model"])
     out = _target(args, args.out or fork_path(args.notebook, args.from_step))
     result = asyncio.run(rlm.aresume(args.notebook, args.from_step, out=out))

@@ -225,6 +225,7 @@ def choose_models(
     *,
     root: Any = DEFAULT_ROOT_MODEL,
     sub: Any = DEFAULT_SUB_MODEL,
+    sub_follows_model: bool = True,
 ) -> dict[str, Any]:
     """The models of a run: the ones given, the rest following ``--model`` or the defaults.
 
@@ -232,15 +233,18 @@ def choose_models(
         args: a namespace with ``model`` and ``sub_model`` (and ``child_model`` if it was
             declared), ``None`` when not given.
         root: the root model when ``--model`` is not given.
-        sub: the sub-model when neither ``--model`` nor ``--sub-model`` is given.
+        sub: the sub-model when ``--sub-model`` is not given and does not follow ``--model``.
+        sub_follows_model: a ``--model`` given alone is the sub-model too (a new run); ``False``
+            keeps ``sub`` (a fork keeps its run's sub-model when only the root changes).
 
     Returns:
         ``{"model": ..., "sub_model": ...}``, plus ``child_model`` when the namespace has it.
     """
     model = getattr(args, "model", None)
+    follow = sub_follows_model and model is not None
     chosen = {
         "model": root if model is None else model,
-        "sub_model": getattr(args, "sub_model", None) or (sub if model is None else model),
+        "sub_model": getattr(args, "sub_model", None) or (model if follow else sub),
     }
     if hasattr(args, "child_model"):
         chosen["child_model"] = args.child_model or chosen["model"]
