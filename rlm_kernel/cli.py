@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a text file, a .json file (list or object) or a folder; repeat it for a list",
     )
-    options.add_model_options(run.add_argument_group("models"))
+    options.add_model_options(run)
     run.add_argument(
         "--embed-context",
         action="store_true",
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-step", type=int, required=True, metavar="K", help="the first step to redo"
     )
     options.add_model_options(
-        rs.add_argument_group("models"),
+        rs,
         defaults={"model": "the run's", "sub_model": "the run's, also when --model is given"},
     )
     _approve_arg(rs)

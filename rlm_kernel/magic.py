@@ -156,7 +156,7 @@ def _rlm_parser() -> argparse.ArgumentParser:
         help="run the model's code in this kernel, leaving its variables here",
     )
     p.add_argument("--as", dest="name", metavar="NAME", help="also store the result in NAME")
-    options.add_model_options(p.add_argument_group("models"), metavar="PROVIDER:MODEL_OR_NAME")
+    options.add_model_options(p, metavar="PROVIDER:MODEL_OR_NAME")
     options.add_limit_options(p)
     return p
 

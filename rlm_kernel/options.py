@@ -7,8 +7,9 @@ a new limit is one line there and appears in ``rlm-kernel run --help``, ``resume
 on the field itself (``max_cost_usd`` is ``--max-cost``); :func:`flag` gives them.
 
 The model options (``--model``, ``--sub-model``, ``--child-model``) are declared here, with the
-one rule that chooses the models: a sub-model (or child model) not given follows ``--model``
-when that is given, so one local server serves the whole run.
+one rule that chooses the models (:func:`choose_models`): in a new run a sub-model not given
+follows ``--model`` when that is given, so one local server serves the whole run; a child model
+not given is the root model.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def _reader(option: Option) -> Callable[[str], Any]:
     return read
 
 
-def add_limit_options(parser: argparse.ArgumentParser | Any, *, title: str = "limits") -> None:
+def add_limit_options(parser: argparse.ArgumentParser, *, title: str = "limits") -> None:
     """Add one option per :class:`Limits` field to ``parser``.
 
     An option that is not given leaves no attribute on the namespace (so the library's default
@@ -187,21 +188,24 @@ def limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser | Any,
+    parser: argparse.ArgumentParser,
     *,
     names: Iterable[str] = ("model", "sub_model"),
     defaults: dict[str, str] | None = None,
     metavar: str = "PROVIDER:MODEL",
+    title: str = "models",
 ) -> None:
-    """Add the model options named in ``names`` to ``parser``.
+    """Add the model options named in ``names`` to ``parser``, in a group of their own.
 
     Args:
-        parser: the parser (or argument group) to add them to.
+        parser: the parser to add them to.
         names: which of ``model``, ``sub_model``, ``child_model``.
         defaults: the default as ``--help`` should state it, per name, when it is not the
             library's (e.g. ``"the run's"`` for ``resume``).
         metavar: the name of the value in ``--help``.
+        title: the heading of the group in ``--help``.
     """
+    group = parser.add_argument_group(title)
     stated = {
         "model": DEFAULT_ROOT_MODEL,
         "sub_model": f"--model when it is given, else {DEFAULT_SUB_MODEL}",
@@ -211,7 +215,7 @@ def add_model_options(
     wanted = set(names)
     for o in MODEL_OPTIONS:
         if o.name in wanted:
-            parser.add_argument(
+            group.add_argument(
                 o.flag,
                 dest=o.name,
                 default=None,
