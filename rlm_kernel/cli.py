@@ -1,4 +1,7 @@
-"""The ``rlm-kernel`` command line: parse, call the library, print; no logic of its own."""
+"""The ``rlm-kernel`` command line: parse, call the library, print; no logic of its own.
+
+The run options (limits and models) come from :mod:`rlm_kernel.options`.
+"""
 
 from __future__ import annotations
 
@@ -9,116 +12,249 @@ import json
 import shutil
 import signal
 import sys
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, bundle, demo, verify, viewer
+from . import __version__, bundle, demo, options, verify, viewer
 from .errors import NotebookFormatError, UsageError
-from .live import TerminalProgress
-from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
-from .run import RLM, recorded_models
-from .types import Limits, RunResult
+from .fork import fork_path
+from .live import TerminalApprover, TerminalProgress
+from .run import RLM, default_notebook_path, recorded_models
+from .types import RunResult
 
 EXIT_OK, EXIT_NO_ANSWER, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A polite kill ends a run as Ctrl-C does: the notebook is saved with status 'interrupted'.
+STOP_SIGNALS = tuple(
+    s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGHUP")) if s is not None
+)
+
+DESCRIPTION = """\
+Answer a question over an input far larger than a model's window. The root model never reads
+the input: it writes Python that runs in a Jupyter kernel holding it as `context`, hands pieces
+to a sub-model with llm_query(), and ends with FINAL(answer). Every run is saved as a notebook
+that you can read, replay without an API key, and fork from any step."""
+
+EXIT_CODES = """\
+exit status:
+  0    answered (replay: every cell reproduced)
+  1    no answer: a limit was reached or the model failed (replay: a cell differs)
+  2    bad usage or input; one line says what to fix and nothing has run
+  130  interrupted by Ctrl-C, SIGTERM or SIGHUP; the notebook is kept, status 'interrupted'"""
+
+ENVIRONMENT = """\
+environment (read on the host by the model's SDK; never passed to the kernel):
+  anthropic:MODEL  ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN), ANTHROPIC_BASE_URL; without
+                   them, a login saved by the anthropic SDK (ANTHROPIC_PROFILE,
+                   ANTHROPIC_CONFIG_DIR)
+  openai:MODEL     OPENAI_API_KEY (any value for a local server), OPENAI_BASE_URL, e.g.
+                   http://localhost:11434/v1 for Ollama (keep the /v1); needs the [openai] extra"""
+
+FILES = """\
+files:
+  the run notebook is --out, else rlm-runs/run-<date>-<time>-<id>.ipynb in the current folder.
+  A context that is not one UTF-8 file is copied beside it as <notebook>.context.txt or .json.
+  An existing --out is refused unless --force is given."""
+
+
+def _epilog(*parts: str) -> str:
+    return "\n\n".join(p.strip("\n") for p in parts)
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", options.HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         # One line, no usage dump: the message says what to fix.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _limit_args(p: argparse.ArgumentParser) -> None:
-    d = Limits()
-    p.add_argument("--max-steps", type=int, default=d.max_steps, help="root-model turns")
-    p.add_argument("--max-subcalls", type=int, help="sub-model calls in the whole run")
-    p.add_argument("--max-cost", type=float, dest="max_cost_usd", help="dollars for the run")
-    p.add_argument("--max-depth", type=int, default=d.max_depth, help="rlm_query recursion depth")
-    p.add_argument("--cell-timeout", type=float, default=d.cell_timeout, help="seconds per block")
-    p.add_argument("--timeout", type=float, help="seconds for the whole run")
+def _output_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--out",
+        type=Path,
+        metavar="RUN.ipynb",
+        help=f"the notebook to write (default: {default_out})",
+    )
+    g.add_argument("--force", action="store_true", help="replace --out if it exists")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    g.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _approve_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--max-output-chars",
-        type=int,
-        default=d.max_output_chars,
-        help="characters of each block's output shown to the model",
+        "--approve",
+        action="store_true",
+        help="show each code block on stderr and ask before it runs: [y]es, [n]o (skip), "
+        "[e]dit in $EDITOR, [s]top",
     )
 
 
-def _output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, help="the run notebook to write (.ipynb)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rlm-kernel", description=__doc__)
+    """The parser of ``rlm-kernel`` and its commands."""
+    parser = _Parser(
+        prog="rlm-kernel",
+        description=DESCRIPTION,
+        epilog=_epilog(
+            "Each command has its own help: rlm-kernel run --help. Docs: docs/cli.md.",
+            EXIT_CODES,
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"rlm-kernel {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="answer a question over a context; record a notebook")
+    run = sub.add_parser(
+        "run",
+        help="answer a question over a context; record the run as a notebook",
+        description="Answer a question over a context and record the run as a notebook. "
+        "The answer alone goes to stdout, progress to stderr.",
+        epilog=_epilog(
+            _examples(
+                'rlm-kernel run --question "Which services time out most?" --context logs/',
+                "OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_API_KEY=any \\",
+                "  rlm-kernel run --model openai:llama3.1 --question-file q.txt --context a.txt",
+            ),
+            FILES,
+            ENVIRONMENT,
+            EXIT_CODES,
+        ),
+    )
     q = run.add_mutually_exclusive_group(required=True)
     q.add_argument("--question", help="the question")
-    q.add_argument("--question-file", type=Path, help="a file holding the question")
+    q.add_argument("--question-file", type=Path, metavar="FILE", help="a file holding the question")
     run.add_argument(
         "--context",
         type=Path,
         action="append",
         required=True,
-        help="a text file, a .json file or a directory; repeat for a list",
+        metavar="PATH",
+        help="a text file, a .json file (list or object) or a folder; repeat it for a list",
     )
-    run.add_argument("--model", default=DEFAULT_ROOT_MODEL, help="root model, PROVIDER:MODEL")
-    run.add_argument("--sub-model", default=DEFAULT_SUB_MODEL, help="sub-model, PROVIDER:MODEL")
+    options.add_model_options(run, names=("model", "sub_model", "child_model"))
     run.add_argument(
         "--embed-context",
         action="store_true",
         help="store the context's text in the notebook too (up to 1,000,000 characters)",
     )
-    _limit_args(run)
-    _output_args(run)
+    _approve_arg(run)
+    options.add_limit_options(run)
+    _output_args(run, "rlm-runs/run-<date>-<time>-<id>.ipynb")
 
-    dm = sub.add_parser(
-        "demo",
-        help="run a real question over a generated file (scripted models without an API key)",
+    rs = sub.add_parser(
+        "resume",
+        help="fork a recorded run at a step and continue it live",
+        description="Fork a recorded run: replay its steps before --from-step (no model "
+        "calls), then continue live with the given or the recorded models.",
+        epilog=_epilog(
+            _examples(
+                "rlm-kernel resume run.ipynb --from-step 3",
+                "rlm-kernel resume run.ipynb --from-step 3 --model anthropic:claude-opus-5-5",
+            ),
+            "files:\n  the fork is --out, else RUN-from-K.ipynb beside RUN.ipynb; it records its "
+            "parent.\n  An existing file is refused unless --force is given.",
+            ENVIRONMENT,
+            EXIT_CODES,
+        ),
     )
-    dm.add_argument("--dir", type=Path, default=Path("rlm-demo"), help="where to write the files")
-    _limit_args(dm)
-    _output_args(dm)
+    rs.add_argument("notebook", type=Path, metavar="RUN.ipynb", help="the run notebook")
+    rs.add_argument(
+        "--from-step", type=int, required=True, metavar="K", help="the first step to redo"
+    )
+    options.add_model_options(
+        rs,
+        names=("model", "sub_model", "child_model"),
+        defaults={"model": "the run's", "sub_model": "the run's, also when --model is given"},
+    )
+    _approve_arg(rs)
+    options.add_limit_options(rs)
+    _output_args(rs, "RUN-from-K.ipynb beside RUN.ipynb")
 
-    rs = sub.add_parser("resume", help="fork a recorded run at a step and continue it live")
-    rs.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
-    rs.add_argument("--from-step", type=int, required=True, help="the first step to redo")
-    rs.add_argument("--model", help="root model, PROVIDER:MODEL (default: the run's)")
-    rs.add_argument("--sub-model", help="sub-model, PROVIDER:MODEL (default: the run's)")
-    _limit_args(rs)
-    _output_args(rs)
-
-    rp = sub.add_parser("replay", help="run a recorded notebook again and compare (no API key)")
-    rp.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
-    rp.add_argument("--out", type=Path, help="write a copy with the replayed outputs")
+    rp = sub.add_parser(
+        "replay",
+        help="run a recorded notebook again and compare its outputs (no API key)",
+        description="Run every code cell of a run notebook again in a fresh kernel, answering "
+        "each sub-call from the record, and compare the outputs with the recorded ones. A run "
+        "tree is replayed notebook by notebook: every child run from its own notebook.",
+        epilog=_epilog(
+            _examples(
+                "rlm-kernel replay run.ipynb", "rlm-kernel replay run.ipynb --out again.ipynb"
+            ),
+            EXIT_CODES,
+        ),
+    )
+    rp.add_argument("notebook", type=Path, metavar="RUN.ipynb", help="the run notebook")
+    rp.add_argument(
+        "--out", type=Path, metavar="NEW.ipynb", help="write a copy with the replayed outputs"
+    )
+    rp.add_argument("--force", action="store_true", help="replace --out if it exists")
     rp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     rp.add_argument(
         "--shallow",
         action="store_true",
-        help="replay this notebook only; child runs answer from its record",
+        help="replay this notebook only: its child runs answer from its record",
     )
 
-    vw = sub.add_parser("view", help="summarize a run in the terminal, or export offline HTML")
-    vw.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
+    vw = sub.add_parser(
+        "view",
+        help="summarize a run in the terminal, or export offline HTML",
+        description="Print a run's summary and one line per step, or write one self-contained "
+        "HTML file that steps through it offline.",
+        epilog=_epilog(
+            _examples("rlm-kernel view run.ipynb", "rlm-kernel view run.ipynb --html run.html"),
+            "exit status: 0 shown or written; 2 not a run notebook",
+        ),
+    )
+    vw.add_argument("notebook", type=Path, metavar="RUN.ipynb", help="the run notebook")
     vw.add_argument("--html", type=Path, metavar="OUT.html", help="write a self-contained viewer")
 
-    bd = sub.add_parser("bundle", help="write a folder that shares a run (replays on Binder)")
-    bd.add_argument("notebook", type=Path, help="the run notebook (.ipynb)")
-    bd.add_argument("dir", type=Path, help="the folder to write (new or empty)")
-    bd.add_argument("--repo", help="GitHub OWNER/NAME the folder goes to: print its Binder URL")
-    bd.add_argument("--ref", help="branch, tag or commit for the Binder URL (default HEAD)")
+    bd = sub.add_parser(
+        "bundle",
+        help="write a folder that shares a run (replays on Binder)",
+        description="Write a folder holding the run notebook, its verified context, "
+        "binder/requirements.txt and a README; pushed to GitHub, it opens on Binder.",
+        epilog=_epilog(
+            _examples("rlm-kernel bundle run.ipynb shared/ --repo alice/my-runs"),
+            "exit status: 0 written; 2 bad input (the folder exists and is not empty, the "
+            "context is missing or altered, ...)",
+        ),
+    )
+    bd.add_argument("notebook", type=Path, metavar="RUN.ipynb", help="the run notebook")
+    bd.add_argument("dir", type=Path, metavar="DIR", help="the folder to write (new or empty)")
+    bd.add_argument(
+        "--repo",
+        metavar="OWNER/NAME",
+        help="the GitHub repository DIR goes to: print its Binder URL",
+    )
+    bd.add_argument("--ref", help="branch, tag or commit for the Binder URL (default: HEAD)")
+
+    dm = sub.add_parser(
+        "demo",
+        help="run a real question over a generated file (scripted models without an API key)",
+        description="Generate a file of support tickets and answer a question over it. Without "
+        "ANTHROPIC_API_KEY the models are scripted (the output says so); with it, real Claude "
+        "models answer.",
+        epilog=_epilog(
+            _examples("rlm-kernel demo", "rlm-kernel demo --dir /tmp/demo --json"), EXIT_CODES
+        ),
+    )
+    dm.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("rlm-demo"),
+        help="where to write the files (default: rlm-demo)",
+    )
+    options.add_limit_options(dm)
+    _output_args(dm, "DIR/demo-run.ipynb, rewritten by each demo")
     return parser
-
-
-def _limits(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("max_steps", "max_subcalls", "max_cost_usd", "max_depth", "cell_timeout", "timeout")
-    return {n: getattr(args, n) for n in (*names, "max_output_chars")}
 
 
 def _question(args: argparse.Namespace) -> str:
@@ -132,7 +268,15 @@ def _question(args: argparse.Namespace) -> str:
         raise UsageError(f"question file {args.question_file} is not UTF-8 text") from None
 
 
-def _execute(rlm: RLM, question: str, context: Any, out: Path | None) -> RunResult:
+def _target(args: argparse.Namespace, path: Path) -> Path:
+    """The notebook a command writes: refused if it exists, unless ``--force``."""
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} exists; choose another --out, or add --force to replace it")
+    args.writing = path  # named by the message of an interrupted run
+    return path
+
+
+def _execute(rlm: RLM, question: str, context: Any, out: Path) -> RunResult:
     return asyncio.run(rlm.arun(question, context, notebook=out))
 
 
@@ -151,18 +295,33 @@ def _report(result: RunResult, args: argparse.Namespace) -> int:
     return EXIT_OK if result.status == "answered" else EXIT_NO_ANSWER
 
 
-def _rlm(args: argparse.Namespace, model: str, sub_model: str) -> RLM:
+def _rlm(
+    args: argparse.Namespace, model: str, sub_model: str, child_model: str | None = None
+) -> RLM:
     hooks = {} if (args.quiet or args.json) else TerminalProgress().hooks()
     embed = getattr(args, "embed_context", False)
+    # The prompts go to stderr: stdout carries the answer alone.
+    approve = TerminalApprover(stdout=sys.stderr) if getattr(args, "approve", False) else None
     # display=False: the command line prints its own progress (or none, with --quiet / --json).
-    return RLM(model, sub_model, embed_context=embed, display=False, **_limits(args), **hooks)
+    return RLM(
+        model,
+        sub_model,
+        child_model=child_model,
+        embed_context=embed,
+        approve=approve,
+        display=False,
+        **options.limit_overrides(args),
+        **hooks,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     contexts = args.context
     context = contexts[0] if len(contexts) == 1 else contexts
-    rlm = _rlm(args, args.model, args.sub_model)
-    return _report(_execute(rlm, _question(args), context, args.out), args)
+    models = options.choose_models(args)
+    rlm = _rlm(args, models["model"], models["sub_model"], models.get("child_model"))
+    out = _target(args, args.out or default_notebook_path(uuid.uuid4().hex))
+    return _report(_execute(rlm, _question(args), context, out), args)
 
 
 @contextlib.contextmanager
@@ -182,7 +341,9 @@ def _scripted_models() -> Iterator[None]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     data = demo.generate_tickets(args.dir / "tickets.txt")
-    out = args.out or args.dir / "demo-run.ipynb"
+    # The demo's own notebook is rewritten by each demo; an --out of the user's is not.
+    out = _target(args, args.out) if args.out else args.dir / "demo-run.ipynb"
+    args.writing = out
     real = demo.uses_real_model()
     if not args.json:
         who = (
@@ -212,9 +373,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not args.json:
             print(cell.render(), file=sys.stderr)
 
+    out = _target(args, args.out) if args.out else None
     try:
         report = asyncio.run(
-            verify.areplay_notebook(args.notebook, out=args.out, on_cell=show, shallow=args.shallow)
+            verify.areplay_notebook(args.notebook, out=out, on_cell=show, shallow=args.shallow)
         )
     except NotebookFormatError as e:
         raise UsageError(str(e)) from None
@@ -227,8 +389,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     root, sub = recorded_models(args.notebook)
-    rlm = _rlm(args, args.model or root, args.sub_model or sub)
-    result = asyncio.run(rlm.aresume(args.notebook, args.from_step, out=args.out))
+    models = options.choose_models(args, root=root, sub=sub, sub_follows_model=False)
+    rlm = _rlm(args, models["model"], models["sub_model"], models.get("child_model"))
+    out = _target(args, args.out or fork_path(args.notebook, args.from_step))
+    result = asyncio.run(rlm.aresume(args.notebook, args.from_step, out=out))
     return _report(result, args)
 
 
@@ -253,11 +417,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
-    "demo": cmd_demo,
-    "replay": cmd_replay,
     "resume": cmd_resume,
-    "bundle": cmd_bundle,
+    "replay": cmd_replay,
     "view": cmd_view,
+    "bundle": cmd_bundle,
+    "demo": cmd_demo,
 }
 
 
@@ -265,14 +429,45 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"rlm-kernel: warning: {message}", file=sys.stderr)
 
 
+def _like_ctrl_c(signum: int, frame: Any) -> None:
+    # The same path as Ctrl-C: during asyncio.run its SIGINT handler cancels the run, which
+    # saves the notebook as interrupted; elsewhere Python's raises KeyboardInterrupt.
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_signals_like_ctrl_c() -> Iterator[None]:
+    previous = {}
+    for signum in STOP_SIGNALS:
+        with contextlib.suppress(ValueError):  # not in the main thread: leave them alone
+            previous[signum] = signal.signal(signum, _like_ctrl_c)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    written = getattr(args, "writing", None)
+    if written is not None and Path(written).exists():
+        return f"rlm-kernel: interrupted; the notebook {written} is kept, with status 'interrupted'"
+    return "rlm-kernel: interrupted before a notebook was written"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rlm-kernel``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    # A polite kill (SIGTERM) ends the run like Ctrl-C: the notebook is saved as interrupted.
-    with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
-        with warnings.catch_warnings():
+        with _stop_signals_like_ctrl_c(), warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return COMMANDS[args.command](args)
     except UsageError as e:
@@ -282,8 +477,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlm-kernel: error: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER
     except KeyboardInterrupt:
-        print(
-            "rlm-kernel: interrupted (a run's notebook is kept, with status 'interrupted')",
-            file=sys.stderr,
-        )
+        print(_interrupted(args), file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -29,7 +29,12 @@ from .record import (
 from .session import Session
 from .subcalls import SubcallService
 
-__all__ = ["Fork", "replay_prefix"]
+__all__ = ["Fork", "fork_path", "replay_prefix"]
+
+
+def fork_path(notebook: Path, step: int) -> Path:
+    """Where a fork is written by default: ``RUN-from-K.ipynb`` beside ``RUN.ipynb``."""
+    return notebook.with_name(f"{notebook.stem}-from-{step}.ipynb")
 
 
 @dataclasses.dataclass
@@ -72,7 +77,7 @@ class Fork:
         return [s for s in self.run.steps if s.step < self.step]
 
     def default_out(self) -> Path:
-        return self.path.with_name(f"{self.path.stem}-from-{self.step}.ipynb")
+        return fork_path(self.path, self.step)
 
     def parent_link(self, new_notebook: Path) -> ParentLink:
         rel = os.path.relpath(self.path.resolve(), new_notebook.resolve().parent)

@@ -28,7 +28,7 @@ from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import publish_display_data
 
-from . import replay
+from . import options, replay
 from .context import ContextInput
 from .errors import RLMKernelError
 from .here import HereSession, in_worker_thread
@@ -42,6 +42,7 @@ __all__ = [
     "load_ipython_extension",
     "parse_replay_line",
     "parse_rlm_line",
+    "rlm_help",
 ]
 
 _USAGE = "usage: %rlm_replay RUN.ipynb [--live]"
@@ -112,34 +113,63 @@ class ReplayMagics(Magics):
 
 class _LineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise ValueError(f"{message} (the options: %%rlm?)")
+        raise ValueError(f"{message} (see %%rlm --help)")
+
+
+_RLM_DESCRIPTION = """\
+Answer the question written in the cell's body over a variable or a file, with a live widget
+of the run (Stop ends it as 'interrupted'). The result is stored in _rlm (and in NAME with
+--as NAME); the run notebook is --out, else rlm-runs/run-<date>-<time>-<id>.ipynb."""
+
+_RLM_EPILOG = """\
+example:
+  %%rlm --context tickets --model openai:llama3.1 --max-steps 10 --as billing
+  Which customer filed the most billing tickets?
+
+A model may be PROVIDER:MODEL or the name of a variable holding an LLM or a function
+(messages) -> str. See docs/interactive.md."""
 
 
 def _rlm_parser() -> argparse.ArgumentParser:
-    p = _LineParser(prog="%%rlm", add_help=False, allow_abbrev=False)
-    p.add_argument("--context", action="append", metavar="NAME_OR_PATH", default=[])
-    p.add_argument("--model", metavar="PROVIDER:MODEL_OR_NAME")
-    p.add_argument("--sub-model", metavar="PROVIDER:MODEL_OR_NAME")
-    p.add_argument("--out", metavar="NOTEBOOK")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--max-subcalls", type=int)
-    p.add_argument("--max-cost", type=float, dest="max_cost_usd")
-    p.add_argument("--max-depth", type=int)
-    p.add_argument("--cell-timeout", type=float)
-    p.add_argument("--timeout", type=float)
-    p.add_argument("--max-output-chars", type=int)
-    p.add_argument("--approve", action="store_true")
-    p.add_argument("--no-display", action="store_true")
-    p.add_argument("--here", action="store_true")
-    p.add_argument("--as", dest="name", metavar="NAME")
+    p = _LineParser(
+        prog="%%rlm",
+        add_help=False,
+        allow_abbrev=False,
+        description=_RLM_DESCRIPTION,
+        epilog=_RLM_EPILOG,
+        formatter_class=options.HelpFormatter,
+    )
+    p.add_argument("-h", "--help", action="store_true", help="show this help; nothing runs")
+    p.add_argument(
+        "--context",
+        action="append",
+        metavar="NAME_OR_PATH",
+        default=[],
+        help="a variable of this notebook, else a file or folder; repeat it for a list",
+    )
+    p.add_argument("--out", metavar="NOTEBOOK", help="the run notebook (default: under rlm-runs/)")
+    p.add_argument("--approve", action="store_true", help="ask before each code block runs")
+    p.add_argument("--no-display", action="store_true", help="no live widget")
+    p.add_argument(
+        "--here",
+        action="store_true",
+        help="run the model's code in this kernel, leaving its variables here",
+    )
+    p.add_argument("--as", dest="name", metavar="NAME", help="also store the result in NAME")
+    options.add_model_options(
+        p, names=("model", "sub_model", "child_model"), metavar="PROVIDER:MODEL_OR_NAME"
+    )
+    options.add_limit_options(p)
     return p
 
 
-_LIMITS = ("max_steps", "max_subcalls", "max_cost_usd", "max_depth", "cell_timeout", "timeout")
+def rlm_help() -> str:
+    """The text ``%%rlm --help`` prints: every option with its default."""
+    return _rlm_parser().format_help()
 
 
 def parse_rlm_line(line: str) -> argparse.Namespace:
-    """The options of a ``%%rlm`` line.
+    """The options of a ``%%rlm`` line (``help`` is true for ``--help``, which needs nothing else).
 
     Raises:
         ValueError: an unknown option, a missing or malformed value, or no ``--context``.
@@ -148,6 +178,8 @@ def parse_rlm_line(line: str) -> argparse.Namespace:
         args = _rlm_parser().parse_args(shlex.split(line))
     except ValueError as e:
         raise ValueError(f"%%rlm: {e}") from None
+    if args.help:
+        return args
     if not args.context:
         raise ValueError("%%rlm: give the input with --context NAME_OR_PATH (a variable or a file)")
     if args.name is not None and not args.name.isidentifier():
@@ -161,16 +193,19 @@ class RLMMagics(Magics):
 
     @cell_magic
     def rlm(self, line: str, cell: str) -> None:
-        """Run an RLM with the cell's body as the question; ``%%rlm --help``-style options.
+        """Run an RLM with the cell's body as the question; ``%%rlm --help`` lists the options.
 
         ``--context NAME_OR_PATH`` (repeatable), ``--model`` / ``--sub-model`` (``provider:model``
-        or the name of a variable holding an LLM or a function), ``--out NOTEBOOK``, the limits
-        (``--max-steps``, ``--max-subcalls``, ``--max-cost``, ``--max-depth``,
-        ``--cell-timeout``, ``--timeout``, ``--max-output-chars``), ``--approve``,
+        or the name of a variable holding an LLM or a function; the sub-model follows
+        ``--model`` when only that is given), ``--out NOTEBOOK``, every limit of
+        :class:`~rlm_kernel.types.Limits` under its command-line name, ``--approve``,
         ``--no-display``, ``--here`` (run the model's code in this kernel, leaving its variables
         here) and ``--as NAME``. The result is stored in ``_rlm`` (and ``NAME``).
         """
-        rlm, question, context, args = self._prepare(line, cell)
+        prepared = self._prepare(line, cell)
+        if prepared is None:
+            return
+        rlm, question, context, args = prepared
         if args.here:
             raise IPythonUsageError(
                 "%%rlm --here needs the kernel's autoawait (on by default in Jupyter): "
@@ -187,7 +222,10 @@ class RLMMagics(Magics):
 
         Awaiting keeps the kernel's event loop free, so the widget's buttons work during the run.
         """
-        rlm, question, context, args = self._prepare(line, cell)
+        prepared = self._prepare(line, cell)
+        if prepared is None:
+            return
+        rlm, question, context, args = prepared
         try:
             if args.here:
                 # The loop goes to a worker thread; this one runs the model's code (here.py).
@@ -202,21 +240,23 @@ class RLMMagics(Magics):
             raise IPythonUsageError(str(e)) from None
         self._keep(result, args)
 
-    def _prepare(self, line: str, cell: str) -> tuple[RLM, str, ContextInput, argparse.Namespace]:
+    def _prepare(
+        self, line: str, cell: str
+    ) -> tuple[RLM, str, ContextInput, argparse.Namespace] | None:
+        """The run a cell asks for, or ``None`` when it asked for ``--help`` (printed here)."""
         ns = self.shell.user_ns
         try:
             args = parse_rlm_line(line)
+            if args.help:
+                print(rlm_help(), end="")
+                return None
             question = cell.strip()
             if not question:
                 raise ValueError("%%rlm: the cell is empty; write the question in the cell")
             contexts = [_context(ns, name) for name in args.context]
-            limits = {k: getattr(args, k) for k in _LIMITS if getattr(args, k) is not None}
-            if args.max_output_chars is not None:
-                limits["max_output_chars"] = args.max_output_chars
             models = {
-                k: ns.get(v, v) if v.isidentifier() else v
-                for k, v in (("model", args.model), ("sub_model", args.sub_model))
-                if v is not None
+                role: ns.get(spec, spec) if spec.isidentifier() else spec
+                for role, spec in options.choose_models(args).items()
             }
             if args.here and args.approve:
                 raise ValueError("%%rlm: --here and --approve cannot be combined yet")
@@ -225,7 +265,7 @@ class RLMMagics(Magics):
                 approve=True if args.approve else None,
                 # The live widget lives on the kernel's thread; --here runs the loop elsewhere.
                 display=False if args.no_display or args.here else None,
-                **limits,
+                **options.limit_overrides(args),
             )
         except (ValueError, RLMKernelError) as e:
             raise IPythonUsageError(str(e)) from None
@@ -237,11 +277,16 @@ class RLMMagics(Magics):
             self.shell.user_ns[args.name] = result
         cost = "cost unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}"
         print(
-            f"{result.status} · {result.steps} steps · {result.subcalls} sub-calls · {cost} · "
-            f"{result.duration_s:.1f} s · {result.notebook}"
+            f"{result.status} · {_count(result.steps, 'step')} · "
+            f"{_count(result.subcalls, 'sub-call')} · {cost} · {result.duration_s:.1f} s · "
+            f"{result.notebook}"
         )
         if result.answer is not None:
             print(result.answer)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _context(ns: dict[str, Any], name: str) -> ContextInput:

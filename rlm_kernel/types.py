@@ -10,38 +10,48 @@ Status = Literal["running", "answered", "no_answer", "error", "interrupted"]
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
+def limit(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None) -> Any:
+    """Declare one field of :class:`Limits`: its default and the help text users read.
+
+    ``flag`` names the command-line option when it is not the field's name with dashes (the
+    one place where Python and command-line names may differ); ``metavar`` names its value.
+    """
+    meta = {"help": help, "flag": flag, "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Every bound of a run in one place; ``None`` means unbounded.
 
-    Attributes:
-        max_steps: root-model turns before a last call asks for the best answer.
-        max_subcalls: sub-model calls (``llm_query`` and friends) in the whole run.
-        max_cost_usd: dollars spent on root and sub calls; unpriced models count as 0.
-        max_depth: depth of the run tree: the root is depth 1, and ``rlm_query`` starts a child
-            run below ``max_depth`` (at ``max_depth`` it is a plain sub-model call).
-        child_max_steps: root-model turns of each child run (default: ``max_steps``).
-        cell_timeout: seconds one code block may run before the kernel is interrupted.
-        timeout: seconds for the whole run.
-        max_output_chars: characters of one block's output shown to the model (head + tail).
-        max_cell_output_bytes: output bytes of one cell kept in the notebook.
-        max_concurrency: sub-calls the host runs at once.
-        max_tokens: output-token cap of each root-model reply.
-        sub_max_tokens: output-token cap of each sub-model reply.
+    Each field is one line: its type, default and help text. The command line, the ``%%rlm``
+    magic and this docstring's list of attributes are derived from them (``rlm_kernel.options``).
     """
 
-    max_steps: int = 30
-    max_subcalls: int | None = None
-    max_cost_usd: float | None = None
-    max_depth: int = 2
-    child_max_steps: int | None = None
-    cell_timeout: float | None = 300.0
-    timeout: float | None = None
-    max_output_chars: int = 20_000
-    max_cell_output_bytes: int = 1_000_000
-    max_concurrency: int = 16
-    max_tokens: int = 16_000
-    sub_max_tokens: int = 8_000
+    max_steps: int = limit(30, "root-model turns before a last call asks for the best answer")
+    max_subcalls: int | None = limit(None, "sub-model calls (llm_query and friends) in the run")
+    max_cost_usd: float | None = limit(
+        None, "dollars for root and sub calls; unpriced models count as 0", flag="--max-cost"
+    )
+    max_depth: int = limit(
+        2,
+        "depth of the run tree: the root is 1; below it rlm_query starts a child run "
+        "(own kernel and notebook), at it rlm_query is a plain sub-model call",
+    )
+    child_max_steps: int | None = limit(
+        None, "root-model turns of each child run started by rlm_query; none: as many as the root"
+    )
+    cell_timeout: float | None = limit(
+        300.0, "seconds one code block may run before the kernel is interrupted", metavar="S"
+    )
+    timeout: float | None = limit(None, "seconds for the whole run", metavar="S")
+    max_output_chars: int = limit(
+        20_000, "characters of one block's output shown to the model (head + tail)"
+    )
+    max_cell_output_bytes: int = limit(1_000_000, "output bytes of one cell kept in the notebook")
+    max_concurrency: int = limit(16, "sub-calls the host runs at once")
+    max_tokens: int = limit(16_000, "output-token cap of each root-model reply")
+    sub_max_tokens: int = limit(8_000, "output-token cap of each sub-model reply")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -51,6 +61,16 @@ class Limits:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+Limits.__doc__ = (
+    (Limits.__doc__ or "")
+    + "\n    Attributes:\n"
+    + "".join(
+        f"        {f.name}: {f.metadata['help']} (default: {f.default!r}).\n"
+        for f in dataclasses.fields(Limits)
+    )
+)
 
 
 @dataclass

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "__init__",
             "__main__",
             "cli",
+            "options",
             "magic",
             "widgets",
             "live",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 
 from rlm_kernel import demo
 from rlm_kernel.cli import main
-from rlm_kernel.testing import ScriptedModel
+from rlm_kernel.testing import FakeModelServer, ScriptedModel
 
 
 @pytest.fixture
@@ -88,9 +90,11 @@ def test_usage_errors(capsys, argv):
     assert err.count("\n") == 0 and err.startswith("rlm-kernel")
 
 
-def test_bad_limit_value(capsys, text_file, fake_model_server):
-    argv = ["run", "--question", "q", "--context", str(text_file), "--max-steps", "0"]
-    assert "max_steps" in one_line_error(capsys, argv)
+def test_bad_limit_value_names_the_option(capsys, text_file):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--question", "q", "--context", str(text_file), "--max-steps", "0"])
+    assert e.value.code == 2
+    assert "argument --max-steps: must be a positive number, not 0" in capsys.readouterr().err
 
 
 def test_json_output_and_progress(capsys, text_file, tmp_path, fake_model_server):
@@ -144,26 +148,28 @@ def test_model_failure_is_recorded(capsys, text_file, tmp_path, fake_model_serve
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_notebook_as_interrupted(tmp_path, text_file, fake_model_server):
-    fake_model_server.add_model(
-        "root", ScriptedModel(["```repl\nimport time\ntime.sleep(60)\n```"])
-    )
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_and_a_polite_kill_save_the_notebook_as_interrupted(
+    tmp_path, text_file, fake_model_server, signum
+):
+    started = tmp_path / "started"
+    endless = f"```repl\nimport pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+    endless += "time.sleep(60)\n```"
+    fake_model_server.add_model("root", ScriptedModel([endless]))
     out = tmp_path / "i.ipynb"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlm_kernel", "run", "--question", "q", "--context", str(text_file),
-         "--model", "anthropic:root", "--sub-model", "anthropic:root", "--out", str(out)],
+         "--model", "anthropic:root", "--out", str(out)],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (out.exists() and "step-1-" in out.read_text()):
+    while time.monotonic() < deadline and not started.exists():  # the endless cell is running
         time.sleep(0.05)
-    while time.monotonic() < deadline and len(fake_model_server.requests) < 1:
-        time.sleep(0.05)
-    time.sleep(0.5)  # the endless cell is running
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "Traceback" not in err
+    assert f"interrupted; the notebook {out} is kept" in err
     nb = nbformat.read(out, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.rlm.status == "interrupted"
@@ -189,3 +195,160 @@ def test_undecodable_bytes_give_a_one_line_warning(capsys, tmp_path, fake_model_
     assert main([*argv, "--model", "anthropic:root", "--sub-model", "anthropic:root"]) == 0
     err = capsys.readouterr().err
     assert "rlm-kernel: warning:" in err and "not valid UTF-8" in err
+
+
+# -- help that answers ----------------------------------------------------------------------------
+
+COMMANDS = ["run", "resume", "replay", "view", "bundle", "demo"]
+
+
+def test_no_command_lists_the_commands(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    for command in COMMANDS:
+        assert f"\n    {command} " in err
+    assert "exit status:" in err and "130" in err
+
+
+def test_the_description_is_for_users(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and ":mod:" not in out
+    assert "notebook" in out and "replay" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_an_example_and_its_exit_status(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"\n  rlm-kernel {command} " in out.split("example", 1)[1]
+    assert "exit status" in out
+    if command in ("run", "resume"):
+        for name in (
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+        ):
+            assert name in out
+        assert "130" in out and "SIGTERM" in out
+
+
+def test_run_help_states_defaults_and_what_max_depth_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: anthropic:claude-sonnet-5-5)" in out
+    assert "(default: --model when it is given, else anthropic:claude-haiku-5-5)" in out
+    assert "(default: rlm-runs/run-<date>-<time>-<id>.ipynb)" in out
+    assert "below it rlm_query starts a child run (own kernel and notebook)" in out
+    assert "--child-model" in out and "--child-max-steps" in out
+    assert "--approve" in out and "--force" in out
+
+
+# -- overwrites ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_existing_notebook_is_not_replaced_silently(
+    capsys, text_file, tmp_path, fake_model_server
+):
+    fake_model_server.add_model("root", ScriptedModel(["FINAL(ok)"] * 3))
+    out = tmp_path / "a.ipynb"
+    out.write_text("my own notebook")
+    argv = ["run", "--question", "q", "--context", str(text_file), "--model", "anthropic:root"]
+    err = one_line_error(capsys, [*argv, "--out", str(out)])
+    assert f"{out} exists; choose another --out, or add --force to replace it" in err
+    assert out.read_text() == "my own notebook" and not fake_model_server.requests
+
+    assert main([*argv, "--out", str(out), "--force", "--quiet"]) == 0
+    assert nbformat.read(out, as_version=4).metadata.rlm.answer == "ok"
+    capsys.readouterr()
+
+    # resume's default name is refused the second time too
+    assert main(["resume", str(out), "--from-step", "1", "--quiet"]) == 0
+    fork = tmp_path / "a-from-1.ipynb"
+    assert nbformat.read(fork, as_version=4).metadata.rlm.parent.step == 1
+    assert capsys.readouterr().out == "ok\n"
+    err = one_line_error(capsys, ["resume", str(out), "--from-step", "1"])
+    assert f"{fork} exists" in err and "--force" in err
+
+
+# -- --approve ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_approve_asks_on_stderr_and_a_skipped_block_is_recorded(
+    tmp_path, text_file, fake_model_server
+):
+    fake_model_server.add_model(
+        "root", ScriptedModel(["```repl\nprint('should not run')\n```", "FINAL(done)"])
+    )
+    out = tmp_path / "ap.ipynb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlm_kernel", "run", "--question", "q", "--context", str(text_file),
+         "--model", "anthropic:root", "--out", str(out), "--approve"],
+        input="n\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "done\n"  # the prompts do not mix with the answer
+    assert "--- step 1, block 1 ---\nprint('should not run')" in proc.stderr
+    assert "[y]es / [n]o (skip)" in proc.stderr
+    nb = nbformat.read(out, as_version=4)
+    (cell,) = [
+        c for c in nb.cells if c.cell_type == "code" and c.metadata.get("rlm", {}).get("step") == 1
+    ]
+    assert cell.metadata.rlm.approval == {"decision": "skipped"}
+    assert cell.outputs == []
+
+
+# -- a local OpenAI-compatible server, as the README shows it ------------------------------------
+
+
+def readme_example(marker: str) -> tuple[dict[str, str], list[str]]:
+    """The environment and the rlm-kernel command of the README's bash block holding ``marker``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    (block,) = [b for b in blocks if marker in b]
+    env, argv = {}, []
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line)
+        if words[:1] == ["export"]:
+            name, _, value = words[1].partition("=")
+            env[name] = value
+        elif words[:1] == ["rlm-kernel"]:
+            argv = words[1:]
+    return env, argv
+
+
+@pytest.mark.slow
+def test_the_readme_ollama_example_runs_on_one_server(tmp_path, monkeypatch):
+    env, argv = readme_example("11434")
+    assert env["OPENAI_BASE_URL"].endswith("/v1") and argv[:2] == ["run", "--model"]
+    model = argv[2].partition(":")[2]
+    replies = [
+        "```repl\nprint(llm_query('Which service times out? ' + context['a.log']))\n```",
+        "the api service",
+        "FINAL(api)",
+    ]
+    # The key the README sets is the one the server accepts; no Anthropic key is set at all.
+    with FakeModelServer({model: ScriptedModel(replies)}, api_key=env["OPENAI_API_KEY"]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", env["OPENAI_API_KEY"])
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "logs").mkdir()
+        (tmp_path / "logs" / "a.log").write_text("api: timeout\ndb: ok\n")
+        assert main(argv) == 0
+        requests = list(server.requests)
+    assert [(r.api, r.model) for r in requests] == [("openai", model)] * 3
+    max_tokens = [r.body["max_tokens"] for r in requests]
+    flag_value = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+    root, sub = int(flag_value["--max-tokens"]), int(flag_value["--sub-max-tokens"])
+    assert max_tokens == [root, sub, root]
+    (nb_path,) = (tmp_path / "rlm-runs").glob("run-*.ipynb")  # the documented default folder
+    meta = nbformat.read(nb_path, as_version=4).metadata.rlm
+    assert meta.models == {"root": f"openai:{model}", "sub": f"openai:{model}"}
+    assert meta.limits.max_concurrency == int(flag_value["--max-concurrency"])

@@ -103,27 +103,49 @@ def test_the_cell_is_the_question_and_the_result_is_kept(tmp_path):
     assert any("application/vnd.jupyter.widget-view+json" in o.data for o in views)
 
 
+BOTH_ROLES = """
+def both(messages):
+    if messages[0]["role"] != "system":
+        return "a sub-call's answer"
+    return "```repl\\nprint(llm_query('hi'))\\n```" if len(messages) == 2 else "FINAL(done)"
+"""
+
+
 @pytest.mark.slow
 def test_a_context_file_and_a_bad_option_in_the_kernel(tmp_path):
     (tmp_path / "notes.txt").write_text("one\ntwo\nthree\n")
     nb = execute(
         tmp_path,
-        SETUP,
+        SETUP + BOTH_ROLES,
         "%%rlm --context notes.txt --model root --sub-model sub --no-display\nHow many lines?",
         "%%rlm --context nowhere --model root\nq",
         "%%rlm --context tickets --max-steps zero\nq",
+        "%%rlm --help",
+        "%%rlm --context tickets --model both --no-display --out one.ipynb\nq",
         allow_errors=True,
     )
     assert stdout(nb.cells[1]).rstrip().endswith("3 lines")
     assert not [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
     for cell, message in [
         (nb.cells[2], "--context nowhere: no variable or file of that name"),
-        (nb.cells[3], "argument --max-steps: invalid int value: 'zero'"),
+        (nb.cells[3], "argument --max-steps: invalid int value: 'zero' (see %%rlm --help)"),
     ]:
         # IPython shows a UsageError as one line on stderr, without a traceback.
         (error,) = [o.text for o in cell.outputs if o.get("name") == "stderr"]
         assert error.startswith("UsageError: %%rlm: ") and message in error
         assert error.count("\n") == 1
+
+    # --help prints every option with its default, and runs nothing.
+    helped = " ".join(stdout(nb.cells[4]).split())
+    assert helped.startswith("usage: %%rlm")
+    assert "--max-steps N root-model turns" in helped and "(default: 30)" in helped
+    assert "--max-tokens" in helped and "--here" in helped
+    assert [o.output_type for o in nb.cells[4].outputs] == ["stream"]
+
+    # --model alone: the sub-model is the same model; counts of one are singular.
+    assert "answered · 2 steps · 1 sub-call · " in stdout(nb.cells[5])
+    run = nbformat.read(tmp_path / "one.ipynb", as_version=4)
+    assert run.metadata.rlm.models == {"root": "function:both", "sub": "function:both"}
 
 
 # -- Stop, clicked through the widget's comm ----------------------------------------------------
