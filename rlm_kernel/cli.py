@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("dir", type=Path, help="the folder to write (new or empty)")
     bd.add_argument("--repo", help="GitHub OWNER/NAME the folder goes to: print its Binder URL")
     bd.add_argument("--ref", help="branch, tag or commit for the Binder URL (default HEAD)")
+    _batch_parser(sub)
     return parser
 
 
@@ -244,6 +246,55 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch_parser(sub: Any) -> None:
+    bt = sub.add_parser("batch", help="run many questions from a JSON-lines file, N at a time")
+    bt.add_argument("tasks", type=Path, help="TASKS.jsonl: one {id, question, context} per line")
+    bt.add_argument("--workers", type=int, default=4, help="runs at once, each with a kernel")
+    bt.add_argument("--out", type=Path, default=Path("rlm-batch"), help="results folder")
+    bt.add_argument("--model", default=DEFAULT_ROOT_MODEL, help="root model, PROVIDER:MODEL")
+    bt.add_argument("--sub-model", default=DEFAULT_SUB_MODEL, help="sub-model, PROVIDER:MODEL")
+    bt.add_argument("--gateway", metavar="URL", help="run kernels on this Jupyter gateway")
+    bt.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    bt.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _limit_args(bt)  # --max-cost is for the whole batch here
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from . import batch
+
+    session = None
+    if args.gateway or os.environ.get("JUPYTER_GATEWAY_URL"):
+        from .gateway import Gateway, GatewayError
+
+        try:
+            session = Gateway(args.gateway)
+            asyncio.run(session.check())
+        except GatewayError as e:  # a wrong URL or token, or an unreachable gateway
+            raise UsageError(str(e)) from None
+    limits = {k: v for k, v in _limits(args).items() if k != "max_cost_usd"}
+    progress = batch.Progress(enabled=not (args.quiet or args.json))
+    summary = asyncio.run(
+        batch.abatch(
+            batch.load_tasks(args.tasks),
+            out=args.out,
+            workers=args.workers,
+            model=args.model,
+            sub_model=args.sub_model,
+            limits=Limits(**limits),
+            max_cost_usd=args.max_cost_usd,
+            session=session,
+            **progress.hooks(),
+        )
+    )
+    progress.close()
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(summary.table(), file=sys.stderr)
+        print(summary.out / batch.RESULTS)
+    return EXIT_OK if all(r["status"] == "answered" for r in summary.records) else EXIT_NO_ANSWER
+
+
 COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
@@ -251,6 +302,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "bundle": cmd_bundle,
     "view": cmd_view,
+    "batch": cmd_batch,
 }
 
 
