@@ -260,7 +260,7 @@ def _batch_parser(sub: Any) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from . import batch
+    from . import batching as batch
 
     session = None
     if args.gateway or os.environ.get("JUPYTER_GATEWAY_URL"):

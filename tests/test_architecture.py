@@ -13,13 +13,15 @@ PACKAGE = Path(rlm_kernel.__file__).parent
 
 # What each module may import from the package. Anything not listed imports nothing of ours.
 ALLOWED: dict[str, set[str]] = {
-    "__init__": {"context", "errors", "llm", "magic", "run", "types", "widgets"},
+    "__init__": {"batching", "context", "errors", "llm", "magic", "run", "types", "widgets"},
     "__main__": {"cli"},
     "cli": {
         "__init__",
+        "batching",
         "bundle",
         "demo",
         "errors",
+        "gateway",
         "live",
         "llm",
         "replay",
@@ -31,6 +33,10 @@ ALLOWED: dict[str, set[str]] = {
     "bundle": {"__init__", "context", "errors", "notebook", "replay"},
     "magic": {"context", "errors", "here", "live", "replay", "run", "types"},
     "here": {"errors", "kernel", "outputs"},
+    "gateway": {"errors", "gateway_wire", "kernel", "outputs", "runtime", "upload"},
+    "gateway_wire": {"errors"},
+    "upload": set(),  # runs inside a remote kernel: the standard library only
+    "batching": {"errors", "llm", "run", "types"},
     "live": {"errors", "notebook", "parse", "types"},
     "viewer": {"errors", "llm", "notebook", "types"},
     "widgets": {"notebook", "viewer"},

@@ -372,7 +372,10 @@ async def abatch(
                 on_step=on_step,
                 **task_limits,
             )
-            result = await rlm.arun(task.question, task.context, notebook=notebook_of(task))
+            paths = task.context
+            # A str context is text to arun: the task's are file paths.
+            context = Path(paths) if isinstance(paths, str) else [Path(p) for p in paths]
+            result = await rlm.arun(task.question, context, notebook=notebook_of(task))
         except Exception as e:  # one failing task must not stop the others
             error = str(e) if isinstance(e, RLMKernelError) else f"{type(e).__name__}: {e}"
             return {"id": task.id, "status": "error", "error": error, "cost_usd": 0.0}
