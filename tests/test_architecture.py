@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "bundle": {"__init__", "context", "errors", "notebook", "replay"},
     "magic": {"context", "errors", "here", "live", "replay", "run", "types"},
     "here": {"errors", "kernel", "outputs"},
-    "gateway": {"errors", "gateway_wire", "kernel", "outputs", "runtime", "upload"},
+    "gateway": {"gateway_session", "gateway_wire", "runtime", "upload"},
+    "gateway_session": {"errors", "gateway", "gateway_wire", "kernel", "outputs", "upload"},
     "gateway_wire": {"errors"},
     "upload": set(),  # runs inside a remote kernel: the standard library only
     "batching": {"errors", "llm", "run", "types"},
