@@ -262,3 +262,17 @@ def test_kernel_death_in_a_run_is_reported_and_the_context_is_back(
     cells = [c for c in nb.cells if "rlm-code" in c.metadata.get("tags", [])]
     assert cells[0].metadata.rlm["exec"]["status"] == "kernel_died"
     assert "6 False" in cells[1].outputs[0]["text"]
+
+
+def test_batch_with_a_wrong_gateway_token_exits_2_in_one_line(kg, tmp_path):
+    import subprocess
+    import sys
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": 1, "question": "q", "context": "c.txt"}\n')
+    env = {**os.environ, "JUPYTER_GATEWAY_AUTH_TOKEN": "wrong"}
+    command = [sys.executable, "-m", "rlm_kernel", "batch", str(tasks), "--gateway", kg.url]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "refused the token" in proc.stderr, proc.stderr
+    assert "wrong" not in proc.stderr
