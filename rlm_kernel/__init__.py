@@ -3,6 +3,7 @@
 import os as _os
 import typing as _typing
 
+from .batching import abatch, batch
 from .context import ContextWarning
 from .errors import (
     BudgetExceeded,
@@ -67,6 +68,8 @@ __all__ = [
     "Usage",
     "UsageError",
     "__version__",
+    "abatch",
+    "batch",
     "load_ipython_extension",
     "register_provider",
     "view",

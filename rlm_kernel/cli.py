@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -23,7 +24,7 @@ from .errors import NotebookFormatError, UsageError
 from .fork import fork_path
 from .live import TerminalApprover, TerminalProgress
 from .run import RLM, default_notebook_path, recorded_models
-from .types import RunResult
+from .types import Limits, RunResult
 
 EXIT_OK, EXIT_NO_ANSWER, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # A polite kill ends a run as Ctrl-C does: the notebook is saved with status 'interrupted'.
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a text file, a .json file (list or object) or a folder; repeat it for a list",
     )
     options.add_model_options(run, names=("model", "sub_model", "child_model"))
+    _gateway_arg(run)
     run.add_argument(
         "--embed-context",
         action="store_true",
@@ -174,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         names=("model", "sub_model", "child_model"),
         defaults={"model": "the run's", "sub_model": "the run's, also when --model is given"},
     )
+    _gateway_arg(rs)
     _approve_arg(rs)
     options.add_limit_options(rs)
     _output_args(rs, "RUN-from-K.ipynb beside RUN.ipynb")
@@ -254,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options.add_limit_options(dm)
     _output_args(dm, "DIR/demo-run.ipynb, rewritten by each demo")
+    _batch_parser(sub)
     return parser
 
 
@@ -307,6 +311,7 @@ def _rlm(
         model,
         sub_model,
         child_model=child_model,
+        session=_gateway(args),
         embed_context=embed,
         approve=approve,
         display=False,
@@ -415,6 +420,84 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch_parser(sub: Any) -> None:
+    bt = sub.add_parser(
+        "batch",
+        help="run many questions from a JSON-lines file, N at a time",
+        description="Run one question per line of TASKS.jsonl, each with its own kernel and "
+        "notebook, N at a time. Started again with the same --out, it skips finished tasks.",
+        epilog=_epilog(
+            _examples(
+                "rlm-kernel batch tasks.jsonl --workers 4 --out results",
+                "rlm-kernel batch tasks.jsonl --gateway http://gw:8888 --max-cost 5",
+            ),
+            EXIT_CODES,
+        ),
+    )
+    bt.add_argument("tasks", type=Path, help="TASKS.jsonl: one {id, question, context} per line")
+    bt.add_argument("--workers", type=int, default=4, help="runs at once (default: 4)")
+    bt.add_argument(
+        "--out", type=Path, default=Path("rlm-batch"), help="results folder (default: rlm-batch)"
+    )
+    bt.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    bt.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    options.add_model_options(bt)
+    _gateway_arg(bt)
+    options.add_limit_options(bt)  # --max-cost is for the whole batch here
+
+
+def _gateway_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="run the kernels on this Jupyter Kernel/Enterprise Gateway (default: "
+        "$JUPYTER_GATEWAY_URL; its token comes from $JUPYTER_GATEWAY_AUTH_TOKEN only)",
+    )
+
+
+def _gateway(args: argparse.Namespace) -> Any:
+    """The gateway given by ``--gateway`` or ``JUPYTER_GATEWAY_URL``, checked; else ``None``."""
+    if not (getattr(args, "gateway", None) or os.environ.get("JUPYTER_GATEWAY_URL")):
+        return None
+    from .gateway import Gateway, GatewayError
+
+    try:
+        gateway = Gateway(args.gateway)
+        asyncio.run(gateway.check())
+    except GatewayError as e:  # a wrong URL or token, or an unreachable gateway
+        raise UsageError(str(e)) from None
+    return gateway
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from . import batching as batch
+
+    session = _gateway(args)
+    limits = {k: v for k, v in options.limit_overrides(args).items() if k != "max_cost_usd"}
+    models = options.choose_models(args)
+    progress = batch.Progress(enabled=not (args.quiet or args.json))
+    summary = asyncio.run(
+        batch.abatch(
+            batch.load_tasks(args.tasks),
+            out=args.out,
+            workers=args.workers,
+            model=models["model"],
+            sub_model=models["sub_model"],
+            limits=Limits(**limits),
+            max_cost_usd=getattr(args, "max_cost_usd", None),
+            session=session,
+            **progress.hooks(),
+        )
+    )
+    progress.close()
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(summary.table(), file=sys.stderr)
+        print(summary.out / batch.RESULTS)
+    return EXIT_OK if all(r["status"] == "answered" for r in summary.records) else EXIT_NO_ANSWER
+
+
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
@@ -422,6 +505,7 @@ COMMANDS = {
     "view": cmd_view,
     "bundle": cmd_bundle,
     "demo": cmd_demo,
+    "batch": cmd_batch,
 }
 
 

@@ -121,6 +121,11 @@ class RLM:
             :class:`rlm_kernel.here.HereSession` runs it in the current IPython kernel.
             Child runs always get kernels of their own.
         warm_kernels: kernels started ahead of time for child runs (when ``max_depth > 1``).
+        kernel: ``"local"`` (default) or ``"gateway"``: the root's kernel on a Jupyter Kernel
+            or Enterprise Gateway (``rlm-kernel[gateway]``), at ``gateway_url`` with
+            ``gateway_token`` (default: ``JUPYTER_GATEWAY_URL``, ``JUPYTER_GATEWAY_AUTH_TOKEN``).
+        gateway_url: the gateway's URL; implies ``kernel="gateway"``.
+        gateway_token: the gateway's token (kept on the host, never recorded).
     """
 
     def __init__(
@@ -140,6 +145,9 @@ class RLM:
         display: bool | None = None,
         session: SessionFactory | None = None,
         warm_kernels: int = 2,
+        kernel: str = "local",
+        gateway_url: str | None = None,
+        gateway_token: str | None = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -165,6 +173,15 @@ class RLM:
         self.embed_context = embed_context
         self.approve = approve
         self.display = display
+        if kernel not in ("local", "gateway"):
+            raise UsageError(f"kernel must be 'local' or 'gateway', not {kernel!r}")
+        if kernel == "gateway" or gateway_url is not None:
+            if session is not None:
+                raise UsageError("give either session= or a gateway, not both")
+            from .gateway import Gateway  # the [gateway] extra
+
+            # The URL and token default to JUPYTER_GATEWAY_URL / JUPYTER_GATEWAY_AUTH_TOKEN.
+            session = Gateway(gateway_url, gateway_token, kernel_name=kernel_name)
         self.session = session
         self.warm_kernels = warm_kernels
 
@@ -354,6 +371,7 @@ class _Tree:
                 "started": _now(),
                 "parent": spec.parent.to_metadata() if spec.parent else None,
                 "depth": spec.depth,
+                "kernel": self._kernel_record(spec),
             },
         )
         children = None
@@ -391,19 +409,35 @@ class _Tree:
         error: str | None = None
         answer: str | None = None
         work = Path(tempfile.mkdtemp(prefix="rlm-b-"))
+        factory = self._session(spec)
+        # A kernel elsewhere (a gateway) dials a TCP listener and gets its files uploaded;
+        # a local one reaches a Unix socket and reads the host's files where they are.
+        remote = getattr(factory, "bridge", None) == "tcp"
         try:
             async with BridgeServer(
-                service, unix_path=work / "bridge.sock", slots=self.slots
+                service,
+                unix_path=None if remote else work / "bridge.sock",
+                host=getattr(factory, "bridge_host", "127.0.0.1"),
+                slots=self.slots,
             ) as bridge:
-                setup = runtime.bootstrap_code(
-                    runtime.__file__,
-                    address=bridge.address,
-                    token=bridge.token,
-                    context_path=str(spec.context.path),
-                    context_kind=spec.context.kind,
-                    handoff_dir=str(children_dir(spec.notebook)),
-                )
-                async with self._session(spec)(setup_code=setup) as session:
+                if remote:
+                    session_cm = factory.bootstrap(  # type: ignore[attr-defined]
+                        address=bridge.address,
+                        token=bridge.token,
+                        context_path=str(spec.context.path),
+                        context_kind=spec.context.kind,
+                    )
+                else:
+                    setup = runtime.bootstrap_code(
+                        runtime.__file__,
+                        address=bridge.address,
+                        token=bridge.token,
+                        context_path=str(spec.context.path),
+                        context_kind=spec.context.kind,
+                        handoff_dir=str(children_dir(spec.notebook)),
+                    )
+                    session_cm = factory(setup_code=setup)
+                async with session_cm as session:
                     first = (
                         await replay_prefix(spec.fork, loop, service, session) if spec.fork else 1
                     )
@@ -438,6 +472,14 @@ class _Tree:
             models={"root": root.name, "sub": self.sub.name},
             children=list(recorder.meta.get("children") or []),
         )
+
+    def _kernel_record(self, spec: _RunSpec) -> dict[str, Any]:
+        """Where the run's kernel ran, for the notebook (never a token)."""
+        factory = self._session(spec)
+        record = getattr(factory, "record", None)
+        if callable(record):
+            return dict(record())
+        return {"type": "local", "kernel_name": self.rlm.kernel_name}
 
     def _session(self, spec: _RunSpec) -> SessionFactory:
         if spec.depth > 1 and self.pool is not None:
