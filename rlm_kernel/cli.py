@@ -108,7 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("dir", type=Path, help="the folder to write (new or empty)")
     bd.add_argument("--repo", help="GitHub OWNER/NAME the folder goes to: print its Binder URL")
     bd.add_argument("--ref", help="branch, tag or commit for the Binder URL (default HEAD)")
+    _add_mcp(sub)
     return parser
+
+
+def _add_mcp(sub: Any) -> None:
+    p = sub.add_parser("mcp", help="serve ask and view to MCP clients (Claude Code, ...) on stdio")
+    p.add_argument("--model", default=DEFAULT_ROOT_MODEL, help="root model, PROVIDER:MODEL")
+    p.add_argument("--sub-model", default=DEFAULT_SUB_MODEL, help="sub-model, PROVIDER:MODEL")
+    p.add_argument("--runs-dir", type=Path, default=Path("rlm-runs"), help="where notebooks go")
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="the interface for --http")
+    p.add_argument("--port", type=int, default=8000, help="the port for --http")
+    _limit_args(p)
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -244,6 +256,21 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from . import mcp
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    try:
+        limits = Limits(**_limits(args))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    server = mcp.build_server(args.model, args.sub_model, limits, runs_dir=args.runs_dir)
+    transport = "http" if args.http else "stdio"
+    mcp.serve(server, transport=transport, host=args.host, port=args.port)
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
@@ -251,6 +278,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "bundle": cmd_bundle,
     "view": cmd_view,
+    "mcp": cmd_mcp,
 }
 
 

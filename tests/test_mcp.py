@@ -1,0 +1,127 @@
+"""``rlm-kernel mcp``: the MCP SDK's own client talks to the server over stdio, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anyio
+import nbformat
+import pytest
+
+pytest.importorskip("mcp.server.mcpserver", reason="needs MCP SDK 2: pip install 'rlm-kernel[mcp]'")
+
+from mcp import Client, StdioServerParameters
+
+from rlm_kernel.mcp import AskLimits, tighten
+from rlm_kernel.testing import ScriptedModel
+from rlm_kernel.types import Limits
+
+ROOT_REPLIES = [
+    "I will count the lines and ask the sub-model.\n```repl\nlines = context.splitlines()\n"
+    "print(len(lines))\nprint(llm_query('Which animal? ' + lines[0]))\n```",
+    "FINAL(3 lines about a cat)",
+]
+
+
+def _server(tmp_path, fake_model_server, *extra):
+    env = {**fake_model_server.env(), "PYTHONUNBUFFERED": "1"}
+    args = ["-m", "rlm_kernel", "mcp", "--model", "anthropic:root", "--sub-model"]
+    args += ["anthropic:sub", "--runs-dir", str(tmp_path / "runs"), *extra]
+    return StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(tmp_path))
+
+
+async def _session(params, calls):
+    async with Client(params, read_timeout_seconds=120) as client:
+        return [await call(client) for call in calls]
+
+
+def test_limits_asked_for_can_only_tighten_the_servers():
+    server = Limits(max_steps=10, max_cost_usd=None)
+    tight = tighten(server, AskLimits(max_steps=30, max_cost_usd=0.5))
+    assert (tight.max_steps, tight.max_cost_usd) == (10, 0.5)
+    assert tighten(server, AskLimits(max_steps=3)).max_steps == 3
+    assert tighten(server, None) is server
+
+
+@pytest.mark.slow
+def test_a_client_lists_the_tools_asks_about_a_file_and_views_the_run(tmp_path, fake_model_server):
+    fake_model_server.add_model("root", ScriptedModel(ROOT_REPLIES))
+    fake_model_server.add_model("sub", ScriptedModel(["a cat"]))
+    (tmp_path / "notes.txt").write_text("the cat sat\non the mat\nall day\n", encoding="utf-8")
+
+    async def tools(client):
+        return await client.list_tools()
+
+    async def ask(client):
+        return await client.call_tool(
+            "ask", {"question": "What is it about?", "paths": ["notes.txt"]}
+        )
+
+    listed, asked = anyio.run(_session, _server(tmp_path, fake_model_server), [tools, ask])
+    names = {t.name: t for t in listed.tools}
+    assert set(names) == {"ask", "view"}
+    assert {"question", "paths", "limits"} <= set(names["ask"].input_schema["properties"])
+
+    assert not asked.is_error, asked.content
+    result = asked.structured_content
+    assert result["answer"] == "3 lines about a cat"
+    assert result["status"] == "answered" and result["stop_reason"] == "final"
+    assert result["subcalls"] == 1 and result["steps"] == 2
+    assert "cost_usd" in result
+    path = result["notebook"]
+    assert path.startswith(str(tmp_path / "runs"))
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.rlm.answer == "3 lines about a cat"
+    assert json.loads(asked.content[0].text)["notebook"] == path  # the text form, for any client
+
+    async def view(client):
+        return await client.call_tool("view", {"notebook": path})
+
+    (viewed,) = anyio.run(_session, _server(tmp_path, fake_model_server), [view])
+    assert not viewed.is_error
+    text = viewed.content[0].text
+    assert "What is it about?" in text and "3 lines about a cat" in text
+
+
+@pytest.mark.slow
+def test_a_bad_path_is_a_tool_error_naming_it_and_the_server_goes_on(tmp_path, fake_model_server):
+    async def missing(client):
+        return await client.call_tool("ask", {"question": "Why?", "paths": ["no/such.txt"]})
+
+    async def not_a_run(client):
+        return await client.call_tool("view", {"notebook": "nope.ipynb"})
+
+    async def still_there(client):
+        return await client.list_tools()
+
+    calls = [missing, not_a_run, still_there]
+    gone, bad_view, listed = anyio.run(_session, _server(tmp_path, fake_model_server), calls)
+    assert gone.is_error
+    assert "no/such.txt" in gone.content[0].text
+    assert bad_view.is_error and "nope.ipynb" in bad_view.content[0].text
+    assert {t.name for t in listed.tools} == {"ask", "view"}
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_bad_options_exit_2_with_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "rlm_kernel", "mcp", "--model", "nonsense", "--max-steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "max_steps" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "rlm_kernel", "mcp", "--model", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "nonsense" in done.stderr and "Traceback" not in done.stderr
