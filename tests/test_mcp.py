@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import anyio
@@ -14,6 +13,7 @@ pytest.importorskip("mcp.server.mcpserver", reason="needs MCP SDK 2: pip install
 
 from mcp import Client, StdioServerParameters
 
+from rlm_kernel.cli import main
 from rlm_kernel.mcp import AskLimits, tighten
 from rlm_kernel.testing import ScriptedModel
 from rlm_kernel.types import Limits
@@ -32,11 +32,6 @@ def _server(tmp_path, fake_model_server, *extra):
     return StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(tmp_path))
 
 
-async def _session(params, calls):
-    async with Client(params, read_timeout_seconds=120) as client:
-        return [await call(client) for call in calls]
-
-
 def test_limits_asked_for_can_only_tighten_the_servers():
     server = Limits(max_steps=10, max_cost_usd=None)
     tight = tighten(server, AskLimits(max_steps=30, max_cost_usd=0.5))
@@ -51,15 +46,16 @@ def test_a_client_lists_the_tools_asks_about_a_file_and_views_the_run(tmp_path, 
     fake_model_server.add_model("sub", ScriptedModel(["a cat"]))
     (tmp_path / "notes.txt").write_text("the cat sat\non the mat\nall day\n", encoding="utf-8")
 
-    async def tools(client):
-        return await client.list_tools()
+    async def session():
+        async with Client(_server(tmp_path, fake_model_server), read_timeout_seconds=120) as c:
+            listed = await c.list_tools()
+            asked = await c.call_tool(
+                "ask", {"question": "What is it about?", "paths": ["notes.txt"]}
+            )
+            path = (asked.structured_content or {}).get("notebook", "")
+            return listed, asked, await c.call_tool("view", {"notebook": path})
 
-    async def ask(client):
-        return await client.call_tool(
-            "ask", {"question": "What is it about?", "paths": ["notes.txt"]}
-        )
-
-    listed, asked = anyio.run(_session, _server(tmp_path, fake_model_server), [tools, ask])
+    listed, asked, viewed = anyio.run(session)
     names = {t.name: t for t in listed.tools}
     assert set(names) == {"ask", "view"}
     assert {"question", "paths", "limits"} <= set(names["ask"].input_schema["properties"])
@@ -77,10 +73,6 @@ def test_a_client_lists_the_tools_asks_about_a_file_and_views_the_run(tmp_path, 
     assert nb.metadata.rlm.answer == "3 lines about a cat"
     assert json.loads(asked.content[0].text)["notebook"] == path  # the text form, for any client
 
-    async def view(client):
-        return await client.call_tool("view", {"notebook": path})
-
-    (viewed,) = anyio.run(_session, _server(tmp_path, fake_model_server), [view])
     assert not viewed.is_error
     text = viewed.content[0].text
     assert "What is it about?" in text and "3 lines about a cat" in text
@@ -88,17 +80,13 @@ def test_a_client_lists_the_tools_asks_about_a_file_and_views_the_run(tmp_path, 
 
 @pytest.mark.slow
 def test_a_bad_path_is_a_tool_error_naming_it_and_the_server_goes_on(tmp_path, fake_model_server):
-    async def missing(client):
-        return await client.call_tool("ask", {"question": "Why?", "paths": ["no/such.txt"]})
+    async def session():
+        async with Client(_server(tmp_path, fake_model_server), read_timeout_seconds=120) as c:
+            gone = await c.call_tool("ask", {"question": "Why?", "paths": ["no/such.txt"]})
+            bad_view = await c.call_tool("view", {"notebook": "nope.ipynb"})
+            return gone, bad_view, await c.list_tools()
 
-    async def not_a_run(client):
-        return await client.call_tool("view", {"notebook": "nope.ipynb"})
-
-    async def still_there(client):
-        return await client.list_tools()
-
-    calls = [missing, not_a_run, still_there]
-    gone, bad_view, listed = anyio.run(_session, _server(tmp_path, fake_model_server), calls)
+    gone, bad_view, listed = anyio.run(session)
     assert gone.is_error
     assert "no/such.txt" in gone.content[0].text
     assert bad_view.is_error and "nope.ipynb" in bad_view.content[0].text
@@ -106,22 +94,11 @@ def test_a_bad_path_is_a_tool_error_naming_it_and_the_server_goes_on(tmp_path, f
     assert not (tmp_path / "runs").exists()  # nothing ran
 
 
-def test_bad_options_exit_2_with_one_line(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "rlm_kernel", "mcp", "--model", "nonsense", "--max-steps", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "max_steps" in done.stderr
-    done = subprocess.run(
-        [sys.executable, "-m", "rlm_kernel", "mcp", "--model", "nonsense"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 2
-    assert "nonsense" in done.stderr and "Traceback" not in done.stderr
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--max-steps", "0"], "max_steps"), (["--model", "nonsense"], "nonsense")],
+)
+def test_bad_options_exit_2_with_one_line(argv, named, capsys):
+    assert main(["mcp", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err
