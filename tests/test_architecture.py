@@ -51,7 +51,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "_dspy_host": set(),
     "_dspy_kernel": set(),  # runs inside the kernel: the standard library only
-    "mcp": {"errors", "run", "types", "viewer"},
+    "mcp": {"__init__", "errors", "llm", "run", "types", "viewer"},
     "run": {
         "bridge",
         "budget",
