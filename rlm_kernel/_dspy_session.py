@@ -112,41 +112,26 @@ class Session:
         self.owner = owner
         self.run_id = uuid.uuid4().hex[:12]
         path = owner.notebook if owner.notebook is not None else _default_path()
-        try:
-            self.path = check_notebook_path(path)
-        except RLMKernelError as e:
-            raise CodeInterpreterError(str(e)) from None
         self.inputs = Inputs()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=owner.max_concurrency, thread_name_prefix="rlm-dspy-tool"
-        )
-        self.host = ToolHost(owner.tools, self.executor)
         self.steps = 0
         self.kernel_tools: tuple[str, ...] | None = None
         self.kernel_fields: Any = False  # not yet sent; None is a valid value
         self.broken: str | None = None
+        self.interrupted = False
         self.answer: str | None = None
+        try:
+            self.path = check_notebook_path(path)
+            info = prepare({}, self.path.with_suffix(""))
+            self.recorder = Recorder(
+                self.path, self._first_meta(info.to_metadata(self.path.parent))
+            )
+        except RLMKernelError as e:  # a notebook path that cannot be written
+            raise CodeInterpreterError(str(e)) from None
         self.work = Path(tempfile.mkdtemp(prefix="rlm-d-"))
-        info = prepare({}, self.path.with_suffix(""))
-        self.recorder = Recorder(
-            self.path,
-            {
-                "run_id": self.run_id,
-                "status": "running",
-                "question": owner.question or "",
-                "models": {"root": None, "sub": None},
-                "limits": {
-                    "cell_timeout": owner.cell_timeout,
-                    "max_cell_output_bytes": owner.max_cell_output_bytes,
-                    "max_concurrency": owner.max_concurrency,
-                },
-                "context": info.to_metadata(self.path.parent),
-                "cost_usd": None,
-                "started": _now(),
-                "versions": {"dspy": getattr(dspy, "__version__", None)},
-                "dspy": {"interpreter": "rlm_kernel.dspy.KernelInterpreter"},
-            },
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=owner.max_concurrency, thread_name_prefix="rlm-dspy-tool"
         )
+        self.host = ToolHost(owner.tools, self.executor)
         self.loop = _Loop(f"rlm-dspy-{self.run_id}")
         self.bridge = BridgeServer(
             self.host, unix_path=self.work / "bridge.sock", max_concurrency=owner.max_concurrency
@@ -161,6 +146,25 @@ class Session:
             if isinstance(e, RLMKernelError):
                 raise CodeInterpreterError(f"the kernel did not start: {e}") from None
             raise
+
+    def _first_meta(self, context: dict[str, Any]) -> dict[str, Any]:
+        owner = self.owner
+        return {
+            "run_id": self.run_id,
+            "status": "running",
+            "question": owner.question or "",
+            "models": {"root": None, "sub": None},
+            "limits": {
+                "cell_timeout": owner.cell_timeout,
+                "max_cell_output_bytes": owner.max_cell_output_bytes,
+                "max_concurrency": owner.max_concurrency,
+            },
+            "context": context,
+            "cost_usd": None,
+            "started": _now(),
+            "versions": {"dspy": getattr(dspy, "__version__", None)},
+            "dspy": {"interpreter": "rlm_kernel.dspy.KernelInterpreter"},
+        }
 
     async def _astart(self, context_path: Path) -> None:
         await self.bridge.start()
@@ -299,6 +303,9 @@ class Session:
         except RLMKernelError as e:  # the kernel died and could not be started again
             self.broken = str(e)
             raise CodeInterpreterError(f"the kernel failed: {e}") from None
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self.interrupted = True
+            raise
 
     def _finish_cell(self, step: int, block: int, code: str, result: ExecResult) -> Any:
         text = render_text(result.outputs)
@@ -332,12 +339,15 @@ class Session:
             raise SyntaxError(text.strip())
         raise CodeExecutionError(text.strip())
 
-    def _save(self) -> None:
+    def _update_meta(self) -> None:
         meta = self.recorder.meta
         meta["steps"] = self.steps
         meta["subcalls"] = self.host.calls
         if self.host.sub_model and not meta["models"].get("sub"):
             meta["models"]["sub"] = self.host.sub_model
+
+    def _save(self) -> None:
+        self._update_meta()
         self.recorder.save()
 
     # -- the end ---------------------------------------------------------------------------
@@ -351,24 +361,21 @@ class Session:
         self.loop.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.work, ignore_errors=True)
-        if self.broken is not None:
+        if self.interrupted:
+            status, stop = "interrupted", "interrupted"
+        elif self.broken is not None:
             status, stop = "error", "error"
         elif self.answer is not None:
             status, stop = "answered", "final"
         else:
             status, stop = "no_answer", "shutdown"
         try:
-            self._save_meta_only()
+            self._update_meta()
             self.recorder.finish(
                 status=status, stop_reason=stop, answer=self.answer, error=self.broken
             )
         except (OSError, RLMKernelError) as e:
             warnings.warn(f"rlm-kernel: cannot finish {self.path}: {e}", stacklevel=3)
-
-    def _save_meta_only(self) -> None:
-        meta = self.recorder.meta
-        meta["steps"] = self.steps
-        meta["subcalls"] = self.host.calls
 
     async def _aclose(self) -> None:
         try:

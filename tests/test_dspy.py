@@ -84,6 +84,13 @@ def test_start_is_idempotent_and_shutdown_is_final(tmp_path):
     assert nb.metadata.rlm.status == "no_answer"
 
 
+def test_a_notebook_path_that_cannot_be_written_is_a_setup_error(tmp_path):
+    interp = KernelInterpreter(notebook=tmp_path / "run.txt")
+    with pytest.raises(CodeInterpreterError, match=r"\.ipynb"):
+        interp.execute("print(1)")
+    interp.shutdown()
+
+
 def test_state_persists_and_output_is_what_a_cell_shows(shared):
     assert shared.execute("counter = 1") is None
     assert shared.execute("counter += 1\nprint('counter is', counter)") == "counter is 2\n"
