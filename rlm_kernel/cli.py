@@ -258,7 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_limit_options(dm)
     _output_args(dm, "DIR/demo-run.ipynb, rewritten by each demo")
     _batch_parser(sub)
+    _add_mcp(sub)
     return parser
+
+
+def _add_mcp(sub: Any) -> None:
+    p = sub.add_parser(
+        "mcp",
+        help="serve ask and view to MCP clients (Claude Code, ...) on stdio",
+        description="An MCP server with the tools ask(question, paths, limits) and "
+        "view(notebook); each ask is a run recorded as a notebook. See docs/mcp.md.",
+        epilog=_epilog(_examples("rlm-kernel mcp", "rlm-kernel mcp --http --port 8000")),
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("rlm-runs"),
+        help="where notebooks go (default: rlm-runs)",
+    )
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="the interface for --http")
+    p.add_argument("--port", type=int, default=8000, help="the port for --http (default: 8000)")
+    options.add_model_options(p)
+    options.add_limit_options(p)
 
 
 def _question(args: argparse.Namespace) -> str:
@@ -498,6 +520,22 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["status"] == "answered" for r in summary.records) else EXIT_NO_ANSWER
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from . import mcp
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    try:
+        limits = Limits(**options.limit_overrides(args))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    models = options.choose_models(args)
+    server = mcp.build_server(models["model"], models["sub_model"], limits, runs_dir=args.runs_dir)
+    transport = "http" if args.http else "stdio"
+    mcp.serve(server, transport=transport, host=args.host, port=args.port)
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
@@ -506,6 +544,7 @@ COMMANDS = {
     "bundle": cmd_bundle,
     "demo": cmd_demo,
     "batch": cmd_batch,
+    "mcp": cmd_mcp,
 }
 
 

@@ -15,7 +15,7 @@ PACKAGE = Path(rlm_kernel.__file__).parent
 # the layers below it, never above: the run core never imports the user interface, the record
 # never imports the engine, and the kernel runtime imports nothing of ours.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("kernel", {"runtime", "upload"}),
+    ("kernel", {"runtime", "upload", "_dspy_kernel"}),
     ("base", {"errors", "types", "llm", "hooks"}),
     ("record", {"record"}),
     (
@@ -43,6 +43,10 @@ LAYERS: list[tuple[str, set[str]]] = [
             "__main__",
             "cli",
             "options",
+            "mcp",
+            "dspy",
+            "_dspy_host",
+            "_dspy_session",
             "magic",
             "widgets",
             "live",

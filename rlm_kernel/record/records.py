@@ -27,7 +27,7 @@ __all__ = [
     "SubcallRecord",
 ]
 
-SubcallKind = Literal["llm", "rlm"]
+SubcallKind = Literal["llm", "rlm", "tool"]
 # Format 1 recorded a failure as "Class: message"; these prefixes are the kernel's own classes.
 _LEGACY_TYPES = ("BudgetExceeded", "ReplayMiss", "SubcallError", "BridgeError")
 
@@ -95,8 +95,8 @@ class SubcallRecord:
 
     Attributes:
         id: the sub-call's number in its run, from 1.
-        kind: ``llm`` (a sub-model call) or ``rlm`` (``rlm_query``: a child run, or a sub-model
-            call at the maximum depth, which ``note`` says).
+        kind: ``llm`` (a sub-model call), ``rlm`` (``rlm_query``: a child run, or a sub-model
+            call at the maximum depth, which ``note`` says) or ``tool`` (a host function).
         model: the model that answered.
         prompt_sha256: hex SHA-256 of the prompt, what replay matches on.
         prompt_chars: the prompt's length.
@@ -159,7 +159,7 @@ class SubcallRecord:
         """Read a recorded sub-call (format 1 or 2)."""
         return cls(
             id=int(data.get("id") or 0),
-            kind="rlm" if data.get("kind") == "rlm" else "llm",
+            kind=data.get("kind") if data.get("kind") in ("rlm", "tool") else "llm",
             model=str(data.get("model") or ""),
             prompt_sha256=str(data.get("prompt_sha256") or ""),
             prompt_chars=int(data.get("prompt_chars") or 0),
