@@ -44,6 +44,8 @@ from .types import Completion, Limits, Message, RunResult, Status, SubcallRecord
 T = TypeVar("T")
 Hook = Callable[..., object]
 PROMPT_PREVIEW_CHARS = 200
+PROBE_TIMEOUT_S = 10.0  # reading the variable names after a step
+PROBE_OUTPUT_BYTES = 200_000
 RUNS_DIR = "rlm-runs"
 
 
@@ -131,6 +133,9 @@ class RLM:
             an async context manager with ``execute(code, *, timeout, collector)``. By default
             a fresh :class:`~rlm_kernel.kernel.KernelSession` per run;
             :class:`rlm_kernel.here.HereSession` runs it in the current IPython kernel.
+        system_prompt: a template for the system prompt, with the placeholders of
+            ``rlm_kernel.prompts.PLACEHOLDERS`` (see docs/prompt.md); ``None`` uses the default.
+            The rendered prompt is recorded in the notebook's ``metadata.rlm.system_prompt``.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class RLM:
         approve: Hook | bool | None = None,
         display: bool | None = None,
         session: Callable[..., Any] | None = None,
+        system_prompt: str | None = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -164,6 +170,12 @@ class RLM:
                 UserWarning,
                 stacklevel=2,
             )
+        try:
+            self.system_prompt = (
+                None if system_prompt is None else prompts.check_template(system_prompt)
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         self.model = model
         self.sub_model = sub_model
         self.hooks = {"on_step": on_step, "on_output": on_output, "on_subcall": on_subcall}
@@ -342,12 +354,20 @@ class _Run:
         self.models: dict[str, LLM] = {root.name: root, sub.name: sub}
         self.budget = Budget(self.limits)
         self.system = prompts.system_prompt(
-            info, max_steps=self.limits.max_steps, max_output_chars=self.limits.max_output_chars
+            info,
+            self.limits,
+            sub_model=sub.name,
+            models=[root.name],
+            # rlm_query does not start child runs yet: it is a plain sub-model call, as at the
+            # maximum depth, and the prompt must say so whatever max_depth is.
+            max_depth=1,
+            template=rlm.system_prompt,
         )
         self.messages: list[Message] = [
             {"role": "system", "content": self.system},
             {"role": "user", "content": prompts.first_message(question)},
         ]
+        self.variables: list[str] | None = None
         self.cell_subcalls: list[SubcallRecord] = []
         self.subcall_ids = 0
         self.final_value: str | None = None
@@ -482,11 +502,11 @@ class _Run:
         first = await self._replay_prefix(ks) if self.origin else 1
         for step in range(first, self.limits.max_steps + 1):
             if stop := self.budget.exhausted():
-                return None, stop
+                return await self._last_call(ks, stop), stop
             try:
                 completion = await self._ask_root()
             except BudgetExceeded:
-                return None, "timeout"
+                return await self._last_call(ks, "timeout"), "timeout"
             self.steps = step
             text = completion.text
             # The API refuses an empty assistant turn in the history.
@@ -528,17 +548,27 @@ class _Run:
             self.recorder.save()
             if self.final_value is not None:
                 return self.final_value, "final"
-            if stop := self.budget.exhausted():
-                return None, stop
+            if reports:
+                self.variables = await self._variables(ks)
+            stop = self.budget.exhausted() or (
+                "max_steps" if step == self.limits.max_steps else None
+            )
             feedback = prompts.feedback(
                 reports,
                 step=step,
                 max_steps=self.limits.max_steps,
                 final_rejected=rejected,
                 cut_off=completion.stop_reason in _CUT_OFF,
+                question=self.question,
+                variables=self.variables,
+                spent=self._spent(),
+                limits=self.limits,
+                stop=stop,
             )
-            self.messages.append({"role": "user", "content": feedback})
-        return await self._last_call(ks), "max_steps"
+            if stop is not None:
+                return await self._last_call(ks, stop, feedback), stop
+            self._tell(feedback)
+        return await self._last_call(ks, "max_steps"), "max_steps"
 
     async def _replay_prefix(self, ks: KernelSession) -> int:
         """Re-run the parent's steps before the fork; return the first step to take live."""
@@ -560,8 +590,10 @@ class _Run:
                     )
                 reports = [await self._replay_cell(ks, cell) for cell in entry["code_cells"]]
                 self.messages.append({"role": "assistant", "content": raw})
-                feedback = prompts.feedback(reports, step=step, max_steps=self.limits.max_steps)
-                self.messages.append({"role": "user", "content": feedback})
+                feedback = prompts.feedback(
+                    reports, step=step, max_steps=self.limits.max_steps, question=self.question
+                )
+                self._tell(feedback)
                 self.steps = step
         finally:
             self.replaying = False
@@ -596,10 +628,12 @@ class _Run:
             output_chars=int(recorded.get("output_chars") or 0),
         )
 
-    async def _ask_root(self, messages: list[Message] | None = None) -> Completion:
-        self.budget.check_time()
-        remaining = self.budget.remaining_time()
-        coro = self.root.complete(messages or self.messages, max_tokens=self.limits.max_tokens)
+    async def _ask_root(self, grace: float | None = None) -> Completion:
+        """Ask the root model; ``grace`` is the deadline of a last call after the time is up."""
+        if grace is None:
+            self.budget.check_time()
+        remaining = self.budget.remaining_time() if grace is None else grace
+        coro = self.root.complete(self.messages, max_tokens=self.limits.max_tokens)
         try:
             # wait_for wraps the call in a task; without a deadline there is nothing to enforce.
             completion = await (coro if remaining is None else asyncio.wait_for(coro, remaining))
@@ -652,13 +686,15 @@ class _Run:
         tags: tuple[str, ...] = (),
         limit: int | None = None,
         extra: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> prompts.BlockReport:
         self.cell_subcalls = []
         # The notebook keeps the first max_cell_output_bytes; the collector also keeps the end
         # of what went past that, so the model is shown the real head and tail.
         limit = limit or self.limits.max_output_chars
         collector = OutputCollector(self.limits.max_cell_output_bytes, tail_chars=limit)
-        result = await ks.execute(code, timeout=self.budget.cell_timeout(), collector=collector)
+        timeout = self.budget.cell_timeout() if timeout is None else timeout
+        result = await ks.execute(code, timeout=timeout, collector=collector)
         full = render_text(result.outputs)
         kept = render_text(result.outputs[:-1]) if collector.truncated else full  # no marker
         if collector.dropped_tail:
@@ -693,18 +729,30 @@ class _Run:
         block: int,
         found: parse.FinalAnswer,
         reports: list[prompts.BlockReport],
+        timeout: float | None = None,
     ) -> None:
         if found.kind == "FINAL":
             self.final_value = found.value
             return
         # FINAL_VAR names a kernel variable: evaluate it as a recorded cell so replay reproduces it.
         code = f"FINAL_VAR({found.value!r})"
-        reports.append(await self._run_block(ks, step, block, code, tags=("rlm-final",)))
+        reports.append(
+            await self._run_block(ks, step, block, code, tags=("rlm-final",), timeout=timeout)
+        )
 
-    async def _last_call(self, ks: KernelSession) -> str | None:
-        messages = [*self.messages, {"role": "user", "content": prompts.last_call(self.question)}]
+    async def _last_call(
+        self, ks: KernelSession, reason: str, feedback: str | None = None
+    ) -> str | None:
+        """One more reply, asking for the best answer, once steps, money or time run out.
+
+        ``feedback`` is the last step's feedback, already ending in the request; without it the
+        request joins the pending user turn, so user turns never follow each other.
+        """
+        self._tell(feedback or prompts.last_call(self.question, reason=reason))
+        # After the time limit the last call and its FINAL_VAR get a short grace of their own.
+        grace = _last_call_grace(self.limits) if reason == "timeout" else None
         try:
-            completion = await self._ask_root(messages)
+            completion = await self._ask_root(grace)
         except BudgetExceeded:
             return None
         step = self.steps = self.steps + 1
@@ -716,13 +764,41 @@ class _Run:
             latency_s=round(completion.latency_s, 4),
             extra={"last_call": True, **_completion_extra(completion)},
         )
-        self.messages.extend(messages[-1:])
-        self.messages.append({"role": "assistant", "content": completion.text})
+        self.messages.append({"role": "assistant", "content": completion.text or "(empty reply)"})
         if found := parse.final_answer(completion.text):
-            await self._take_final(ks, step, 1, found, [])
+            await self._take_final(ks, step, 1, found, [], timeout=grace)
         self._update_meta()
         self.recorder.save()
         return self.final_value
+
+    def _tell(self, text: str) -> None:
+        """Add a user turn, joined to the last one if that is a user turn too."""
+        last = self.messages[-1]
+        if last["role"] == "user":
+            self.messages[-1] = {"role": "user", "content": f"{last['content']}\n\n{text}"}
+        else:
+            self.messages.append({"role": "user", "content": text})
+
+    def _spent(self) -> prompts.Spent:
+        return prompts.Spent(
+            steps=self.steps,
+            subcalls=self.budget.subcalls,
+            cost_usd=self.budget.priced_cost,
+            elapsed_s=self.budget.elapsed(),
+            unpriced=self.budget.unpriced_calls > 0,
+        )
+
+    async def _variables(self, ks: KernelSession) -> list[str] | None:
+        """The model's variable names now, for the feedback; ``None`` if they cannot be read."""
+        # A kernel session keeps this probe out of the history (the cells keep their numbers).
+        quiet = {"store_history": False} if isinstance(ks, KernelSession) else {}
+        collector = OutputCollector(PROBE_OUTPUT_BYTES)
+        result = await ks.execute(
+            prompts.VARIABLES_PROBE, timeout=PROBE_TIMEOUT_S, collector=collector, **quiet
+        )
+        if result.status != "ok":
+            return None
+        return prompts.parse_variables(render_text(result.outputs))
 
     def _update_meta(self) -> None:
         self.recorder.meta.update(
@@ -743,6 +819,11 @@ async def close_models(models: Iterable[LLM]) -> None:
 
 _STEP_KEYS = frozenset({"step", "role", "raw"})  # set by Recorder.add_step itself
 _CUT_OFF = frozenset({"max_tokens", "length"})  # stop reasons of a reply cut at the token limit
+
+
+def _last_call_grace(limits: Limits) -> float:
+    """Seconds a last call may take after the run's time is up: a fifth of it, 5 to 60 s."""
+    return min(60.0, max(5.0, (limits.timeout or 0) / 5))
 
 
 def _completion_extra(completion: Completion) -> dict[str, Any]:

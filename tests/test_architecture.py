@@ -59,7 +59,7 @@ ALLOWED: dict[str, set[str]] = {
     "notebook": {"errors", "types"},
     "outputs": set(),
     "parse": set(),
-    "prompts": {"context"},
+    "prompts": {"context", "runtime", "types"},
     "llm": {"errors", "types", "llm"},
     "types": {"errors"},
     "errors": set(),
