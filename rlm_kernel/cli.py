@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=DEFAULT_ROOT_MODEL, help="root model, PROVIDER:MODEL")
     run.add_argument("--sub-model", default=DEFAULT_SUB_MODEL, help="sub-model, PROVIDER:MODEL")
     run.add_argument(
+        "--system-prompt",
+        type=Path,
+        metavar="FILE",
+        help="a system prompt template to use instead of the default (see docs/prompt.md)",
+    )
+    run.add_argument(
         "--embed-context",
         action="store_true",
         help="store the context's text in the notebook too (up to 1,000,000 characters)",
@@ -146,11 +152,31 @@ def _report(result: RunResult, args: argparse.Namespace) -> int:
     return EXIT_OK if result.status == "answered" else EXIT_NO_ANSWER
 
 
+def _system_prompt(args: argparse.Namespace) -> str | None:
+    path = getattr(args, "system_prompt", None)
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read system prompt file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"system prompt file {path} is not UTF-8 text") from None
+
+
 def _rlm(args: argparse.Namespace, model: str, sub_model: str) -> RLM:
     hooks = {} if (args.quiet or args.json) else TerminalProgress().hooks()
     embed = getattr(args, "embed_context", False)
     # display=False: the command line prints its own progress (or none, with --quiet / --json).
-    return RLM(model, sub_model, embed_context=embed, display=False, **_limits(args), **hooks)
+    return RLM(
+        model,
+        sub_model,
+        embed_context=embed,
+        display=False,
+        system_prompt=_system_prompt(args),
+        **_limits(args),
+        **hooks,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

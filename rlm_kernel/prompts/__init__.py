@@ -250,33 +250,26 @@ def _money(x: float) -> str:
 
 
 def _limits(limits: Limits, spent: Spent | None) -> str:
-    def left(cap: float, used: float, fmt: str) -> str:
-        return f" ({fmt.format(max(0.0, cap - used))} left)" if spent else ""
+    def left(text: str) -> str:
+        return f" ({text} left)" if spent else ""
 
+    used = spent or Spent()
     lines = [
         f"- {limits.max_steps} replies; after the last one you are asked for your answer, and "
         "code no longer runs."
     ]
     if limits.max_subcalls is not None:
-        used = spent.subcalls if spent else 0
-        lines.append(
-            f"- {limits.max_subcalls:,} sub-calls in the whole run"
-            + left(limits.max_subcalls, used, "{:,.0f}")
-            + "."
-        )
+        calls_left = f"{max(0, limits.max_subcalls - used.subcalls):,}"
+        lines.append(f"- {limits.max_subcalls:,} sub-calls in the whole run{left(calls_left)}.")
     if limits.max_cost_usd is not None:
-        used_usd = spent.cost_usd if spent else 0.0
+        money_left = _money(max(0.0, limits.max_cost_usd - used.cost_usd))
         lines.append(
             f"- {_money(limits.max_cost_usd)} for the whole run, your replies and sub-calls "
-            f"together{left(limits.max_cost_usd, used_usd, '${:.4f}')}."
+            f"together{left(money_left)}."
         )
     if limits.timeout is not None:
-        used_s = spent.elapsed_s if spent else 0.0
-        lines.append(
-            f"- {limits.timeout:,.0f} s for the whole run"
-            + left(limits.timeout, used_s, "{:,.0f} s")
-            + "."
-        )
+        time_left = f"{max(0.0, limits.timeout - used.elapsed_s):,.0f} s"
+        lines.append(f"- {limits.timeout:,.0f} s for the whole run{left(time_left)}.")
     if limits.cell_timeout is not None:
         lines.append(
             f"- {limits.cell_timeout:g} s per block, then it is interrupted: what it assigned "

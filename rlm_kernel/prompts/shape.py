@@ -269,7 +269,8 @@ def examples(info: ContextInfo, sizing: Sizing) -> str:
     average = info.text_chars / max(1, info.items or 1)
     per = max(1, _round_down(sizing.target_chars / max(1.0, average)))
     chunk = _fill(
-        _CHUNK_EXAMPLE[info.type], {"chunk_chars": f"{sizing.target_chars:_}", "per": f"{per:,}".replace(",", "_")}
+        _CHUNK_EXAMPLE[info.type],
+        {"chunk_chars": f"{sizing.target_chars:_}", "per": f"{per:,}".replace(",", "_")},
     )
     return (
         "Regex first, for what a pattern can find:\n"
