@@ -246,7 +246,8 @@ def _functions(
 
 
 def _money(x: float) -> str:
-    return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"
+    # Cents, unless the sum is small enough that cents would show nothing.
+    return f"${x:,.2f}" if x >= 0.1 or x == 0 else f"${x:.4f}"
 
 
 def _limits(limits: Limits, spent: Spent | None) -> str:
