@@ -206,3 +206,23 @@ def test_the_examples_run_on_their_context_shape(context, tmp_path):
     assert len(seen) == 1  # a small context goes in one prompt, not one per item
     _, cells = code_cells(out)
     assert all(c.metadata.rlm.exec.status == "ok" for c in cells)
+
+
+def test_the_command_line_takes_a_system_prompt_file(tmp_path, fake_model_server, capsys):
+    from rlm_kernel.cli import main
+    from rlm_kernel.testing import ScriptedModel
+
+    root = ScriptedModel(["FINAL(fine)"])
+    fake_model_server.add_model("root", root)
+    (tmp_path / "doc.txt").write_text("some text")
+    (tmp_path / "sys.md").write_text("Be brief. {context_description}", encoding="utf-8")
+    argv = ["run", "--question", "q", "--context", str(tmp_path / "doc.txt")]
+    argv += ["--model", "anthropic:root", "--sub-model", "anthropic:root"]
+    out = tmp_path / "cli.ipynb"
+    assert main([*argv, "--out", str(out), "--system-prompt", str(tmp_path / "sys.md")]) == 0
+    system = nbformat.read(out, as_version=4).metadata.rlm.system_prompt
+    assert system.startswith("Be brief. `context` is a str of 9 characters (about 3 tokens), read")
+    capsys.readouterr()
+    assert main([*argv, "--system-prompt", str(tmp_path / "missing.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read system prompt file" in err and "\n" not in err
