@@ -311,7 +311,14 @@ def test_finishing_rules_are_unambiguous(tmp_path):
     text = render("str", tmp_path)
     assert '`FINAL(result)` answers the word "result", not a variable' in text
     assert "FINAL_VAR(name)" in text
-    assert "FINAL(answer)" not in text  # `answer` is a live dict in the kernel
+    messages = [
+        text,
+        prompts.first_message("q"),
+        prompts.feedback([], step=1, max_steps=3, question="q"),
+        *(prompts.last_call("q", reason=r) for r in ("max_steps", "max_cost", "timeout")),
+    ]
+    for message in messages:
+        assert "FINAL(answer)" not in message  # `answer` is a live dict in the kernel
     assert "in the format it asks for" in text
     last = prompts.last_call("How many?", reason="max_steps")
     assert "FINAL_VAR(name) still works" in last and "Question: How many?" in last

@@ -136,7 +136,7 @@ FIRST_MESSAGE = """\
 Question: {question}
 
 You have not looked at `context` yet: start by exploring it with code in ```repl blocks. Finish \
-with FINAL_VAR(name) or FINAL(answer) on a line of its own once you know the answer."""
+with FINAL_VAR(name) or FINAL(text) on a line of its own once you know the answer."""
 
 NO_CODE_MESSAGE = "Your reply had no ```repl block and no FINAL line, so nothing ran."
 
@@ -157,7 +157,7 @@ _STOPPED = {
 LAST_CALL_MESSAGE = """\
 {stopped} Reply now with your best answer to the question from what you have found, in the \
 format it asks for, on a line of its own: FINAL_VAR(name) still works (it only reads the \
-variable), or FINAL(answer) with the answer written out. Code blocks will not run.
+variable), or FINAL(text) with the answer written out. Code blocks will not run.
 
 Question: {question}"""
 
@@ -468,7 +468,7 @@ def feedback(
     left = max_steps - step
     parts.append(
         f"{left} repl step{'s' if left != 1 else ''} left. Continue, or finish with "
-        "FINAL_VAR(name) or FINAL(answer) on a line of its own."
+        "FINAL_VAR(name) or FINAL(text) on a line of its own."
     )
     return "\n\n".join(parts)
 
