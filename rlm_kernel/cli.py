@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_model_options(run, names=("model", "sub_model", "child_model"))
     _gateway_arg(run)
     run.add_argument(
+        "--system-prompt",
+        type=Path,
+        metavar="FILE",
+        help="a system prompt template to use instead of the default (see docs/prompt.md)",
+    )
+    run.add_argument(
         "--embed-context",
         action="store_true",
         help="store the context's text in the notebook too (up to 1,000,000 characters)",
@@ -321,6 +327,18 @@ def _report(result: RunResult, args: argparse.Namespace) -> int:
     return EXIT_OK if result.status == "answered" else EXIT_NO_ANSWER
 
 
+def _system_prompt(args: argparse.Namespace) -> str | None:
+    path = getattr(args, "system_prompt", None)
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read system prompt file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"system prompt file {path} is not UTF-8 text") from None
+
+
 def _rlm(
     args: argparse.Namespace, model: str, sub_model: str, child_model: str | None = None
 ) -> RLM:
@@ -337,6 +355,7 @@ def _rlm(
         embed_context=embed,
         approve=approve,
         display=False,
+        system_prompt=_system_prompt(args),
         **options.limit_overrides(args),
         **hooks,
     )

@@ -9,6 +9,7 @@ against its fingerprint (replay, forks, bundles).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -22,6 +23,10 @@ from typing import Any, Literal
 from .errors import ContextError
 
 PREVIEW_CHARS = 500
+# What the model's first look at the context shows (see prompts.describe_context).
+HEAD_CHARS, TAIL_CHARS, SAMPLE_CHARS = 400, 200, 240
+LENGTHS_SHOWN, KEYS_SHOWN = 50, 10
+Origin = Literal["value", "text_file", "json_file", "directory", "files"]
 
 
 class ContextWarning(UserWarning):
@@ -45,8 +50,19 @@ class ContextInfo:
         sha256: hex digest of the file's bytes.
         preview: the first characters, for people and for the model's first look.
         items: number of elements of a list or dict, else ``None``.
-        lengths: characters of the first elements of a list or dict (what the model is told).
+        lengths: characters of the first elements of a list or dict (values for a dict): a
+            str's length, or the length of another value's JSON text.
         warnings: things the user should know, e.g. bytes replaced while decoding.
+        origin: where the value came from: a Python ``value``, a ``text_file``, a
+            ``json_file``, a ``directory`` (keys are file paths) or several ``files`` (a list).
+        content_chars: for a list or dict, the sum of all element lengths (as ``lengths``).
+        length_stats: for a list or dict, the (min, median, max) element length.
+        element_types: for a list or dict, element type names with their counts, commonest
+            first.
+        common_keys: for a list of dicts, the keys every sampled element has.
+        key_sample: for a dict, its first and last keys.
+        samples: short ``(expression, text)`` previews of the head and tail, for the model.
+        file_names: for several files, their names, in order.
     """
 
     type: Literal["str", "list", "dict"]
@@ -59,6 +75,19 @@ class ContextInfo:
     items: int | None = None
     lengths: tuple[int, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    origin: Origin = "value"
+    content_chars: int | None = None
+    length_stats: tuple[int, int, int] | None = None
+    element_types: tuple[tuple[str, int], ...] = ()
+    common_keys: tuple[str, ...] = ()
+    key_sample: tuple[str, ...] = ()
+    samples: tuple[tuple[str, str], ...] = ()
+    file_names: tuple[str, ...] = ()
+
+    @property
+    def text_chars(self) -> int:
+        """Characters of the content itself: a str's length, or the sum of element lengths."""
+        return self.chars if self.content_chars is None else self.content_chars
 
     def embedded_text(self) -> str:
         """The context file's text, for a notebook that carries its context inside itself.
@@ -145,6 +174,12 @@ def _load_path(path: Path, warnings: list[str]) -> str | list | dict:
     return _read_text(path, warnings)
 
 
+def _origin_of(path: Path) -> Origin:
+    if path.is_dir():
+        return "directory"
+    return "json_file" if path.suffix.lower() == ".json" else "text_file"
+
+
 def file_sha256(path: os.PathLike | str) -> str:
     """Hex SHA-256 of a file's bytes (read through ``mmap``: no copy of a large file)."""
     with open(path, "rb") as f:
@@ -154,12 +189,90 @@ def file_sha256(path: os.PathLike | str) -> str:
             return hashlib.sha256(mm).hexdigest()
 
 
-def _describe(value: str | list | dict) -> tuple[int | None, tuple[int, ...]]:
+def _length(value: object) -> int:
+    """Characters a value takes as text: a str's length, anything else as JSON text."""
     if isinstance(value, str):
-        return None, ()
-    items = value if isinstance(value, list) else list(value.values())
-    lengths = tuple(len(x) if isinstance(x, (str, list, dict)) else len(str(x)) for x in items[:50])
-    return len(value), lengths
+        return len(value)
+    try:
+        return len(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError):
+        return len(str(value))
+
+
+def _bounded(value: object, budget: int, depth: int = 0) -> str:
+    """``repr(value)`` in about ``budget`` characters, keeping dict order and both ends of text."""
+    if isinstance(value, str):
+        if len(value) <= budget:
+            return repr(value)
+        half = max(8, budget // 2)
+        return repr(value[:half]) + " ... " + repr(value[-half // 2 :])
+    if isinstance(value, (list, dict)) and depth < 2:
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        share = max(16, budget // max(1, min(len(items), 6)))
+        parts = []
+        for key, item in items[:6]:
+            text = _bounded(item, share, depth + 1)
+            parts.append(f"{key!r}: {text}" if isinstance(value, dict) else text)
+        if len(items) > 6:
+            parts.append("...")
+        open_, close = "{}" if isinstance(value, dict) else "[]"
+        return open_ + ", ".join(parts) + close
+    if isinstance(value, (list, dict)):
+        return "{...}" if isinstance(value, dict) else "[...]"
+    return repr(value)
+
+
+def _sample(value: object) -> str:
+    """A short repr of one element for the model's first look, capped at SAMPLE_CHARS."""
+    text = _bounded(value, SAMPLE_CHARS)
+    return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 4] + " ..."
+
+
+def _text_samples(text: str) -> tuple[tuple[str, str], ...]:
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+        return (("context", text),)
+    return (
+        (f"context[:{HEAD_CHARS}]", text[:HEAD_CHARS]),
+        (f"context[-{TAIL_CHARS}:]", text[-TAIL_CHARS:]),
+    )
+
+
+def _describe(value: str | list | dict) -> dict[str, Any]:
+    """What the model is told about ``value``'s shape: sizes, element types, samples."""
+    if isinstance(value, str):
+        return {"samples": _text_samples(value)}
+    if isinstance(value, list):
+        elements = value
+        samples = [(f"context[{i}]", _sample(value[i])) for i in (0, -1)[: len(value)]]
+    else:
+        elements = list(value.values())
+        keys = list(value)
+        samples = [(f"context[{k!r}]", _sample(value[k])) for k in (keys[:1] + keys[-1:])]
+    lengths = [_length(x) for x in elements]
+    types = collections.Counter(type(x).__name__ for x in elements)
+    dicts = [x for x in elements[:LENGTHS_SHOWN] if isinstance(x, dict)]
+    common: tuple[str, ...] = ()
+    if dicts and len(dicts) == min(len(elements), LENGTHS_SHOWN):
+        shared = set(dicts[0]).intersection(*dicts[1:])
+        common = tuple(str(k) for k in dicts[0] if k in shared)[:KEYS_SHOWN]
+    ordered = sorted(lengths)
+    return {
+        "items": len(value),
+        "lengths": tuple(lengths[:LENGTHS_SHOWN]),
+        "content_chars": sum(lengths),
+        "length_stats": (ordered[0], ordered[len(ordered) // 2], ordered[-1]) if ordered else None,
+        "element_types": tuple(types.most_common(4)),
+        "common_keys": common,
+        "key_sample": _key_sample(value) if isinstance(value, dict) else (),
+        "samples": tuple(samples if len(value) > 1 else samples[:1]),
+    }
+
+
+def _key_sample(value: dict) -> tuple[str, ...]:
+    keys = [str(k) for k in value]
+    if len(keys) <= KEYS_SHOWN:
+        return tuple(keys)
+    return (*keys[: KEYS_SHOWN - 2], *keys[-2:])
 
 
 def _write(value: str | list | dict, dest: Path) -> None:
@@ -196,15 +309,19 @@ def prepare(context: ContextInput, dest_stem: Path) -> ContextInfo:
     """
     warnings: list[str] = []
     source: Path | None = None
+    origin: Origin = "value"
+    file_names: tuple[str, ...] = ()
     if isinstance(context, os.PathLike):
         source = Path(context).expanduser()
         value = _load_path(source, warnings)
+        origin = _origin_of(source)
     elif (
         isinstance(context, (list, tuple))
         and context
         and all(isinstance(p, os.PathLike) for p in context)
     ):
         value = [_load_path(Path(p).expanduser(), warnings) for p in context]
+        origin, file_names = "files", tuple(Path(p).name for p in context)
     elif isinstance(context, (str, list, dict)):
         value = context
     elif isinstance(context, tuple):
@@ -229,7 +346,6 @@ def prepare(context: ContextInput, dest_stem: Path) -> ContextInfo:
         with open(target, encoding="utf-8") as f:
             text = f.read()
         chars, preview = len(text), text[:PREVIEW_CHARS]
-    items, lengths = _describe(value)
     return ContextInfo(
         type=type(value).__name__,  # type: ignore[arg-type]
         kind=kind,
@@ -238,9 +354,10 @@ def prepare(context: ContextInput, dest_stem: Path) -> ContextInfo:
         bytes=size,
         sha256=digest,
         preview=preview,
-        items=items,
-        lengths=lengths,
         warnings=tuple(warnings),
+        origin=origin,
+        file_names=file_names,
+        **_describe(value),
     )
 
 

@@ -109,9 +109,11 @@ async def replay_prefix(
                     extra=step.extra,
                 )
             reports = [await _replay_cell(fork, loop, session, cell, target) for cell in step.code]
-            loop.messages.append({"role": "assistant", "content": step.raw})
-            feedback = prompts.feedback(reports, step=step.step, max_steps=loop.limits.max_steps)
-            loop.messages.append({"role": "user", "content": feedback})
+            loop.messages.append({"role": "assistant", "content": step.raw or "(empty reply)"})
+            feedback = prompts.feedback(
+                reports, step=step.step, max_steps=loop.limits.max_steps, question=loop.question
+            )
+            loop.tell(feedback)
             loop.steps = step.step
     finally:
         service.book = None

@@ -350,6 +350,7 @@ class GatewaySession:
         on_output: Callable[[dict[str, Any]], Any] | None = None,
         collector: OutputCollector | None = None,
         cell_id: str | None = None,
+        user_expressions: Mapping[str, str] | None = None,
     ) -> ExecResult:
         """Run ``code`` in the kernel on the gateway; the same contract as ``KernelSession``.
 
@@ -369,6 +370,7 @@ class GatewaySession:
                 recover=True,
                 collector=collector or OutputCollector(max_output_bytes),
                 cell_id=cell_id,
+                user_expressions=user_expressions,
             )
 
     async def _execute(
@@ -382,6 +384,7 @@ class GatewaySession:
         recover: bool,
         collector: OutputCollector,
         cell_id: str | None = None,
+        user_expressions: Mapping[str, str] | None = None,
     ) -> ExecResult:
         channels = self._channels
         assert channels is not None
@@ -390,7 +393,7 @@ class GatewaySession:
             "code": code,
             "silent": silent,
             "store_history": store_history,
-            "user_expressions": {},
+            "user_expressions": dict(user_expressions or {}),
             "allow_stdin": False,
             "stop_on_error": False,
         }
@@ -411,6 +414,7 @@ class GatewaySession:
         error: tuple[str, str] | None = None
         restart = outcome in ("hung", "died") and recover
         gone = "; it was replaced, so its variables are gone" if restart else ""
+        expressions = dict((reply or {}).get("user_expressions") or {})
         if outcome == "done":
             reply = reply or {}
             if reply.get("status") == "error":
@@ -441,6 +445,7 @@ class GatewaySession:
             output_bytes=collector.total_bytes,
             error=error,
             restarted=restart,
+            user_expressions=expressions,
         )
 
     async def _collect(

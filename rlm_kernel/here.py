@@ -79,10 +79,11 @@ class HereSession:
         collector: OutputCollector | None = None,
         max_output_bytes: int = 1_000_000,
         cell_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> ExecResult:
         """Run ``code`` in the user's namespace and collect its outputs as notebook outputs."""
         collector = collector or OutputCollector(max_output_bytes)
-        call = self._submit(self._run_cell, code, collector, False, cell_id)
+        call = self._submit(self._run_cell, code, collector, False, cell_id, user_expressions)
         pending = asyncio.wrap_future(call)
         done, _ = await asyncio.wait({pending}, timeout=timeout)
         if done:
@@ -115,7 +116,12 @@ class HereSession:
         return await asyncio.wrap_future(self._submit(fn, *args))
 
     def _run_cell(
-        self, code: str, collector: OutputCollector, silent: bool, cell_id: str | None = None
+        self,
+        code: str,
+        collector: OutputCollector,
+        silent: bool,
+        cell_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> ExecResult:
         started = time.monotonic()
         self._main_thread = threading.get_ident()
@@ -147,7 +153,9 @@ class HereSession:
             collector.add(
                 _msg("error", ename=type(error).__name__, evalue=str(error), traceback=traceback)
             )
+        expressions = self.shell.user_expressions(user_expressions) if user_expressions else {}
         return ExecResult(
+            user_expressions=expressions,
             status="ok" if error is None else "error",
             outputs=collector.outputs,
             execution_count=None,

@@ -134,6 +134,8 @@ class ExecResult:
         error: ``(ename, evalue)`` when the status is not ``ok``.
         restarted: the kernel was restarted after this cell (it died, or ignored the interrupt),
             so variables other than those made by ``setup_code`` are gone.
+        user_expressions: the results of the ``user_expressions`` asked for, evaluated after
+            the cell in the same request (Jupyter's ``{status, data}`` per name).
     """
 
     status: Literal["ok", "error", "timeout", "kernel_died"]
@@ -143,6 +145,7 @@ class ExecResult:
     output_bytes: int = 0
     error: tuple[str, str] | None = None
     restarted: bool = False
+    user_expressions: dict[str, Any] = field(default_factory=dict)
 
 
 class _State(enum.Enum):
@@ -491,6 +494,7 @@ class KernelSession:
         on_output: Callable[[dict[str, Any]], Any] | None = None,
         collector: OutputCollector | None = None,
         cell_id: str | None = None,
+        user_expressions: Mapping[str, str] | None = None,
     ) -> ExecResult:
         """Run ``code`` in the kernel and collect its outputs.
 
@@ -505,6 +509,8 @@ class KernelSession:
             collector: where outputs go, for a caller that wants its own settings (then
                 ``max_output_bytes`` is not used); the result's outputs come from it.
             cell_id: the notebook cell the code belongs to, sent as the request's ``cellId``.
+            user_expressions: expressions the kernel evaluates after the code, answered in the
+                same reply (no extra round trip), by name.
 
         Returns:
             The result; a dead kernel gives status ``kernel_died`` and is restarted.
@@ -525,6 +531,7 @@ class KernelSession:
                 recover=True,
                 collector=collector or OutputCollector(max_output_bytes),
                 cell_id=cell_id,
+                user_expressions=user_expressions,
             )
 
     async def configure(self, setup_code: str) -> None:
@@ -551,6 +558,7 @@ class KernelSession:
         recover: bool,
         collector: OutputCollector,
         cell_id: str | None = None,
+        user_expressions: Mapping[str, str] | None = None,
     ) -> ExecResult:
         km, kc = self._km, self._kc
         assert km is not None and kc is not None
@@ -559,7 +567,7 @@ class KernelSession:
             "code": code,
             "silent": silent,
             "store_history": store_history,
-            "user_expressions": {},
+            "user_expressions": dict(user_expressions or {}),
             "allow_stdin": False,
             "stop_on_error": False,
         }
@@ -588,6 +596,7 @@ class KernelSession:
         error: tuple[str, str] | None = None
         restart = outcome in ("hung", "died") and recover
         gone = "; it was restarted, so its variables are gone" if restart else ""
+        expressions = dict((reply or {}).get("user_expressions") or {})
         if outcome == "done":
             content = reply or {}
             if content.get("status") == "error":
@@ -621,6 +630,7 @@ class KernelSession:
             output_bytes=collector.total_bytes,
             error=error,
             restarted=restart,
+            user_expressions=expressions,
         )
 
     async def _collect(

@@ -26,7 +26,7 @@ from .session import Session
 from .subcalls import SubcallService
 from .types import Completion, Limits, Message
 
-__all__ = ["StepLoop"]
+__all__ = ["StepLoop", "spent_of"]
 
 _CUT_OFF = frozenset({"max_tokens", "length"})  # stop reasons of a reply cut at the token limit
 
@@ -68,20 +68,24 @@ class StepLoop:
         self.hooks = hooks
         self.approve = approve
         self.steps = 0
+        self.variables: list[str] | None = None  # the model's variable names, for the feedback
         self.messages: list[Message] = [
             {"role": "system", "content": system},
             {"role": "user", "content": prompts.first_message(question)},
         ]
 
     async def run(self, session: Session, *, first: int = 1) -> tuple[str | None, str]:
-        """Take steps from ``first`` until an answer or a limit; return it and the stop reason."""
+        """Take steps from ``first`` until an answer or a limit; return it and the stop reason.
+
+        When the steps, the money or the time run out, one last call asks for the best answer.
+        """
         for step in range(first, self.limits.max_steps + 1):
             if stop := self.budget.exhausted():
-                return None, stop
+                return await self._last_call(session, stop), stop
             try:
                 completion = await self._ask_root()
             except BudgetExceeded:
-                return None, "timeout"
+                return await self._last_call(session, "timeout"), "timeout"
             self.steps = step
             text = completion.text
             # The API refuses an empty assistant turn in the history.
@@ -122,17 +126,33 @@ class StepLoop:
             self.save()
             if self.service.final_value is not None:
                 return self.service.final_value, "final"
-            if stop := self.budget.exhausted():
-                return None, stop
+            stop = self.budget.exhausted() or (
+                "max_steps" if step == self.limits.max_steps else None
+            )
             feedback = prompts.feedback(
                 reports,
                 step=step,
                 max_steps=self.limits.max_steps,
                 final_rejected=rejected,
                 cut_off=completion.stop_reason in _CUT_OFF,
+                question=self.question,
+                variables=self.variables,
+                spent=spent_of(self.budget, self.steps),
+                limits=self.limits,
+                stop=stop,
             )
-            self.messages.append({"role": "user", "content": feedback})
-        return await self._last_call(session), "max_steps"
+            if stop is not None:
+                return await self._last_call(session, stop, feedback), stop
+            self.tell(feedback)
+        return await self._last_call(session, "max_steps"), "max_steps"
+
+    def tell(self, text: str) -> None:
+        """Add a user turn, joined to the last one if that is a user turn too."""
+        last = self.messages[-1]
+        if last["role"] == "user":
+            self.messages[-1] = {"role": "user", "content": f"{last['content']}\n\n{text}"}
+        else:
+            self.messages.append({"role": "user", "content": text})
 
     def record_totals(self) -> None:
         """Put the run's totals (its subtree's, for a tree) into the notebook's metadata."""
@@ -150,10 +170,12 @@ class StepLoop:
 
     # -- one step -----------------------------------------------------------------------------
 
-    async def _ask_root(self, messages: list[Message] | None = None) -> Completion:
-        self.budget.check_time()
-        remaining = self.budget.remaining_time()
-        coro = self.root.complete(messages or self.messages, max_tokens=self.limits.max_tokens)
+    async def _ask_root(self, grace: float | None = None) -> Completion:
+        """Ask the root model; ``grace`` is the deadline of a last call after the time is up."""
+        if grace is None:
+            self.budget.check_time()
+        remaining = self.budget.remaining_time() if grace is None else grace
+        coro = self.root.complete(self.messages, max_tokens=self.limits.max_tokens)
         try:
             # wait_for wraps the call in a task; without a deadline there is nothing to enforce.
             completion = await (coro if remaining is None else asyncio.wait_for(coro, remaining))
@@ -206,6 +228,7 @@ class StepLoop:
         tags: tuple[str, ...] = (),
         limit: int | None = None,
         extra: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> prompts.BlockReport:
         """Run one code block in ``session`` and record it as a code cell."""
         # The notebook keeps the first max_cell_output_bytes; the collector also keeps the end
@@ -214,8 +237,16 @@ class StepLoop:
         collector = OutputCollector(self.limits.max_cell_output_bytes, tail_chars=limit)
         cell_id = code_cell_id(step, block)
         result = await session.execute(
-            code, timeout=self.budget.cell_timeout(), collector=collector, cell_id=cell_id
+            code,
+            timeout=self.budget.cell_timeout() if timeout is None else timeout,
+            collector=collector,
+            cell_id=cell_id,
+            # The variable names for the next feedback, in the same request: no round trip.
+            user_expressions={"variables": prompts.VARIABLES_EXPRESSION},
         )
+        names = prompts.variables_from_expression(result.user_expressions.get("variables"))
+        if names is not None:
+            self.variables = names
         full = render_text(result.outputs)
         kept = render_text(result.outputs[:-1]) if collector.truncated else full  # no marker
         if collector.dropped_tail:
@@ -250,18 +281,30 @@ class StepLoop:
         block: int,
         found: parse.FinalAnswer,
         reports: list[prompts.BlockReport],
+        timeout: float | None = None,
     ) -> None:
         if found.kind == "FINAL":
             self.service.final_value = found.value
             return
         # FINAL_VAR names a kernel variable: evaluate it as a recorded cell so replay reproduces it.
         code = f"FINAL_VAR({found.value!r})"
-        reports.append(await self.run_block(session, step, block, code, tags=(FINAL_TAG,)))
+        reports.append(
+            await self.run_block(session, step, block, code, tags=(FINAL_TAG,), timeout=timeout)
+        )
 
-    async def _last_call(self, session: Session) -> str | None:
-        messages = [*self.messages, {"role": "user", "content": prompts.last_call(self.question)}]
+    async def _last_call(
+        self, session: Session, reason: str, feedback: str | None = None
+    ) -> str | None:
+        """One more reply, asking for the best answer, once steps, money or time run out.
+
+        ``feedback`` is the last step's feedback, already ending in the request; without it the
+        request joins the pending user turn, so user turns never follow each other.
+        """
+        self.tell(feedback or prompts.last_call(self.question, reason=reason))
+        # After the time limit the last call and its FINAL_VAR get a short grace of their own.
+        grace = _last_call_grace(self.limits) if reason == "timeout" else None
         try:
-            completion = await self._ask_root(messages)
+            completion = await self._ask_root(grace)
         except BudgetExceeded:
             return None
         step = self.steps = self.steps + 1
@@ -273,12 +316,27 @@ class StepLoop:
             latency_s=round(completion.latency_s, 4),
             extra={"last_call": True, **_completion_extra(completion)},
         )
-        self.messages.extend(messages[-1:])
-        self.messages.append({"role": "assistant", "content": completion.text})
+        self.messages.append({"role": "assistant", "content": completion.text or "(empty reply)"})
         if found := parse.final_answer(completion.text):
-            await self._take_final(session, step, 1, found, [])
+            await self._take_final(session, step, 1, found, [], timeout=grace)
         self.save()
         return self.service.final_value
+
+
+def spent_of(budget: Budget, steps: int) -> prompts.Spent:
+    """What ``budget`` has spent, as the prompts state it."""
+    return prompts.Spent(
+        steps=steps,
+        subcalls=budget.subcalls,
+        cost_usd=budget.priced_cost,
+        elapsed_s=budget.elapsed(),
+        unpriced=budget.unpriced_calls > 0,
+    )
+
+
+def _last_call_grace(limits: Limits) -> float:
+    """Seconds a last call may take after the run's time is up: a fifth of it, 5 to 60 s."""
+    return min(60.0, max(5.0, (limits.timeout or 0) / 5))
 
 
 def _completion_extra(completion: Completion) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import runtime
+from . import prompts, runtime
 from .bridge import BridgeServer
 from .budget import Budget
 from .context import ContextInfo, ContextInput, ContextWarning, prepare
@@ -36,8 +36,7 @@ from .fork import Fork, replay_prefix
 from .hooks import Hook, run_hook, run_sync
 from .kernel import KernelSession
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
-from .loop import StepLoop
-from .prompts import system_prompt
+from .loop import StepLoop, spent_of
 from .record import ParentLink, Recorder, read
 from .session import KernelPool, SessionFactory
 from .subcalls import SubcallService
@@ -121,6 +120,9 @@ class RLM:
             :class:`rlm_kernel.here.HereSession` runs it in the current IPython kernel.
             Child runs always get kernels of their own.
         warm_kernels: kernels started ahead of time for child runs (when ``max_depth > 1``).
+        system_prompt: a template for the system prompt, with the placeholders of
+            ``rlm_kernel.prompts.PLACEHOLDERS`` (see docs/prompt.md); ``None`` uses the default.
+            The rendered prompt is recorded in the notebook's ``metadata.rlm.system_prompt``.
         kernel: ``"local"`` (default) or ``"gateway"``: the root's kernel on a Jupyter Kernel
             or Enterprise Gateway (``rlm-kernel[gateway]``), at ``gateway_url`` with
             ``gateway_token`` (default: ``JUPYTER_GATEWAY_URL``, ``JUPYTER_GATEWAY_AUTH_TOKEN``).
@@ -145,6 +147,7 @@ class RLM:
         display: bool | None = None,
         session: SessionFactory | None = None,
         warm_kernels: int = 2,
+        system_prompt: str | None = None,
         kernel: str = "local",
         gateway_url: str | None = None,
         gateway_token: str | None = None,
@@ -156,6 +159,12 @@ class RLM:
             known = ", ".join(f.name for f in dataclasses.fields(Limits))
             unknown = ", ".join(sorted(set(limit_overrides) - set(known.split(", "))))
             raise UsageError(f"unknown RLM option(s): {unknown}; limits are: {known}") from None
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        try:
+            self.system_prompt = (
+                None if system_prompt is None else prompts.check_template(system_prompt)
+            )
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.model = model
@@ -352,8 +361,15 @@ class _Tree:
                 limits, max_steps=limits.child_max_steps or limits.max_steps
             )
         root = self.root if spec.depth == 1 else self.child
-        system = system_prompt(
-            spec.context, max_steps=limits.max_steps, max_output_chars=limits.max_output_chars
+        system = prompts.system_prompt(
+            spec.context,
+            limits,
+            sub_model=self.sub.name,
+            models=[root.name],
+            depth=spec.depth,
+            max_depth=limits.max_depth,
+            spent=spent_of(spec.budget.root, steps=0) if spec.depth > 1 else None,
+            template=self.rlm.system_prompt,
         )
         context_meta = spec.context.to_metadata(spec.notebook.parent)
         if self.rlm.embed_context and spec.depth == 1:

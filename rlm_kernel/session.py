@@ -33,8 +33,13 @@ class Session(Protocol):
         timeout: float | None = None,
         collector: OutputCollector | None = None,
         cell_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> ExecResult:
-        """Run ``code``; a timeout interrupts it (state kept), a dead kernel is restarted."""
+        """Run ``code``; a timeout interrupts it (state kept), a dead kernel is restarted.
+
+        ``cell_id`` names the notebook cell (the kernel runtime ties sub-calls to it);
+        ``user_expressions`` are evaluated after the code and returned in the result.
+        """
         ...
 
 
