@@ -29,7 +29,7 @@ import nbclient
 import nbformat
 
 from rlm_kernel import RLM, demo
-from rlm_kernel.replay import replay_notebook
+from rlm_kernel.verify import replay_notebook
 from rlm_kernel.testing import FakeModelServer, ScriptedModel
 
 HERE = Path(__file__).resolve().parent
@@ -365,7 +365,7 @@ assert done.returncode == 0, done.stderr""",
     ("markdown", "## 3. Replay from Python"),
     (
         "code",
-        """from rlm_kernel.replay import replay_notebook
+        """from rlm_kernel.verify import replay_notebook
 
 report = replay_notebook("label-counting.ipynb")
 for cell in report.cells:

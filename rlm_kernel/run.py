@@ -15,6 +15,7 @@ get by default (:func:`set_default_display`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -471,6 +472,8 @@ class _Tree:
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                children_dir(spec.notebook).rmdir()  # made for hand-offs, and no child ran
             loop.record_totals()
             recorder.finish(status=status, stop_reason=stop_reason, answer=answer, error=error)
         return RunResult(

@@ -230,3 +230,29 @@ def test_a_fork_meets_a_recorded_budget_refusal_as_budget_exceeded(tmp_path):
     assert (fork.status, fork.answer) == ("answered", "forked")
     (cell,) = read(tmp_path / "fork.ipynb").code_cells
     assert cell.subcalls[1].error.type == "BudgetExceeded"
+
+
+def test_view_bundle_and_fork_keep_the_tree(tree, tmp_path, capsys):
+    root, _result, _ = tree
+    assert main(["view", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "child runs" in out and out.count("root.children/") == 5
+
+    from rlm_kernel.bundle import bundle_run
+
+    bundle = bundle_run(root, tmp_path / "bundle")
+    copied = sorted(p.relative_to(bundle.dir).as_posix() for p in bundle.dir.rglob("*.ipynb"))
+    assert len(copied) == 6 and copied[0] == "root.children/1.1-1.children/1.1-1.ipynb"
+    assert main(["replay", str(bundle.notebook), "--json"]) == 0
+    capsys.readouterr()
+
+    # A fork from step 2 replays step 1 (its children answered from the record, not re-run)
+    # and its copied cell still links the parent's children.
+    fork_nb = root.with_name("fork.ipynb")
+    fork = RLM(lambda m: "FINAL_VAR(total)", Sub(), max_depth=3).resume(
+        root, from_step=2, out=fork_nb
+    )
+    assert (fork.status, fork.answer) == ("answered", str(APPLES))
+    links = read(fork_nb).children()
+    assert len(links) == 4 and all(path.is_file() for _c, _s, path in links)
+    assert not fork_nb.with_name("fork.children").exists()  # no child ran again
