@@ -19,12 +19,12 @@ import pathlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from . import upload
 from .errors import KernelError, KernelStartError
 from .gateway_wire import Channels, GatewayAuthError, GatewayError, Rest
-from .kernel import ExecResult
+from .kernel import ExecResult, execution_result
 from .outputs import OutputCollector, strip_ansi
 
 if TYPE_CHECKING:
@@ -410,42 +410,19 @@ class GatewaySession:
             raise
         duration = time.monotonic() - started
         self._busy = outcome in ("hung", "died")
-        status: Literal["ok", "error", "timeout", "kernel_died"] = "ok"
-        error: tuple[str, str] | None = None
         restart = outcome in ("hung", "died") and recover
-        gone = "; it was replaced, so its variables are gone" if restart else ""
-        expressions = dict((reply or {}).get("user_expressions") or {})
-        if outcome == "done":
-            reply = reply or {}
-            if reply.get("status") == "error":
-                status, error = "error", (reply.get("ename", "Error"), reply.get("evalue", ""))
-            elif reply.get("status") == "aborted":
-                status, error = "error", ("Aborted", "the kernel aborted this execution")
-        elif outcome == "died":
-            status = "kernel_died"
-            error = (
-                "DeadKernelError",
-                f"the kernel on the gateway died while running the cell{gone}",
-            )
-        else:
-            status = "timeout"
-            message = f"the cell did not finish within {timeout:g} s and was interrupted"
-            if outcome == "hung":
-                message += "; the kernel did not respond to the interrupt" + gone.replace(
-                    "; it was", " and was"
-                )
-            error = ("TimeoutError", message)
         if restart:
             await self._relaunch()
-        return ExecResult(
-            status=status,
-            outputs=collector.outputs,
+        return execution_result(
+            outcome,
+            reply,
+            collector=collector,
             execution_count=count,
             duration_s=duration,
-            output_bytes=collector.total_bytes,
-            error=error,
+            timeout=timeout,
             restarted=restart,
-            user_expressions=expressions,
+            died="the kernel on the gateway died while running the cell",
+            replaced="replaced",
         )
 
     async def _collect(

@@ -148,6 +148,63 @@ class ExecResult:
     user_expressions: dict[str, Any] = field(default_factory=dict)
 
 
+def execution_result(
+    outcome: str,
+    reply: Mapping[str, Any] | None,
+    *,
+    collector: OutputCollector,
+    execution_count: int | None,
+    duration_s: float,
+    timeout: float | None,
+    restarted: bool,
+    died: str = "the kernel died while running the cell",
+    replaced: str = "restarted",
+) -> ExecResult:
+    """The result of one execute request from how it ended, for every kind of session.
+
+    Args:
+        outcome: ``done`` (the reply came), ``timeout`` (interrupted, then it ended), ``hung``
+            (it ignored the interrupt) or ``died`` (the kernel process went away).
+        reply: the ``execute_reply`` content, if one came.
+        collector: the cell's outputs.
+        execution_count: the kernel's count for the cell.
+        duration_s: seconds the request took.
+        timeout: the cell's time limit.
+        restarted: the kernel was started again after this cell (its variables are gone).
+        died: what happened, for a dead kernel (e.g. the exit signal).
+        replaced: how the session words getting a new kernel (``restarted``, ``replaced``).
+    """
+    status: Literal["ok", "error", "timeout", "kernel_died"] = "ok"
+    error: tuple[str, str] | None = None
+    gone = f"; it was {replaced}, so its variables are gone" if restarted else ""
+    content = reply or {}
+    if outcome == "done":
+        if content.get("status") == "error":
+            status, error = "error", (content.get("ename", "Error"), content.get("evalue", ""))
+        elif content.get("status") == "aborted":
+            status, error = "error", ("Aborted", "the kernel aborted this execution")
+    elif outcome == "died":
+        status, error = "kernel_died", ("DeadKernelError", f"{died}{gone}")
+    else:
+        status = "timeout"
+        message = f"the cell did not finish within {timeout:g} s and was interrupted"
+        if outcome == "hung":
+            message += "; the kernel did not respond to the interrupt" + gone.replace(
+                "; it was", " and was"
+            )
+        error = ("TimeoutError", message)
+    return ExecResult(
+        status=status,
+        outputs=collector.outputs,
+        execution_count=execution_count,
+        duration_s=duration_s,
+        output_bytes=collector.total_bytes,
+        error=error,
+        restarted=restarted,
+        user_expressions=dict(content.get("user_expressions") or {}),
+    )
+
+
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -592,45 +649,21 @@ class KernelSession:
         duration = time.monotonic() - started
         self._busy = outcome in ("hung", "died")
 
-        status: Literal["ok", "error", "timeout", "kernel_died"] = "ok"
-        error: tuple[str, str] | None = None
         restart = outcome in ("hung", "died") and recover
-        gone = "; it was restarted, so its variables are gone" if restart else ""
-        expressions = dict((reply or {}).get("user_expressions") or {})
-        if outcome == "done":
-            content = reply or {}
-            if content.get("status") == "error":
-                status = "error"
-                error = (content.get("ename", "Error"), content.get("evalue", ""))
-            elif content.get("status") == "aborted":
-                status = "error"
-                error = ("Aborted", "the kernel aborted this execution")
-        elif outcome == "died":
-            status = "kernel_died"
-            returncode = await self._reap_dead_kernel()
-            error = (
-                "DeadKernelError",
-                f"{_describe_exit(returncode)} while running the cell{gone}",
-            )
-        else:
-            status = "timeout"
-            message = f"the cell did not finish within {timeout:g} s and was interrupted"
-            if outcome == "hung":
-                message += "; the kernel did not respond to the interrupt" + gone.replace(
-                    "; it was", " and was"
-                )
-            error = ("TimeoutError", message)
+        died = ""
+        if outcome == "died":
+            died = f"{_describe_exit(await self._reap_dead_kernel())} while running the cell"
         if restart:
             await self._relaunch(graceful=False)
-        return ExecResult(
-            status=status,
-            outputs=collector.outputs,
+        return execution_result(
+            outcome,
+            reply,
+            collector=collector,
             execution_count=execution_count,
             duration_s=duration,
-            output_bytes=collector.total_bytes,
-            error=error,
+            timeout=timeout,
             restarted=restart,
-            user_expressions=expressions,
+            died=died,
         )
 
     async def _collect(
