@@ -90,3 +90,26 @@ def test_refused_subcalls_are_recorded_and_replay_the_same(tmp_path):
     assert errors[2]["message"].startswith("sub-call budget exhausted")
     assert "refused:" in cell.outputs[0].text
     assert replay_notebook(out).status == "reproduced"
+
+
+def test_a_thread_calls_for_the_cell_it_was_started_in_not_the_one_running(tmp_path):
+    code = (
+        "```repl\nimport threading\ngo = threading.Event()\n"
+        "def late():\n    go.wait(30)\n    llm_query('from the thread')\n"
+        "t = threading.Thread(target=late)\nt.start()\n```\n"
+        "```repl\ngo.set()\nt.join(30)\nx = llm_query('from the second cell')\n```\n"
+        "FINAL(done)"
+    )
+    out = tmp_path / "t.ipynb"
+    result = RLM(script(code), lambda m: "ok").run("q", "ctx", notebook=out)
+    assert result.answer == "done"
+    first, second = [
+        c
+        for c in nbformat.read(out, as_version=4).cells
+        if "rlm-code" in c.metadata.get("tags", [])
+    ]
+    # The thread started in the first cell called while the second ran: the call is the first's.
+    assert [s.prompt_preview for s in first.metadata.rlm.subcalls] == ["from the thread"]
+    assert first.metadata.rlm.subcalls[0].cell == "step-1-code-1"
+    assert "after its cell had finished" in first.metadata.rlm.subcalls[0].note
+    assert [s.prompt_preview for s in second.metadata.rlm.subcalls] == ["from the second cell"]
