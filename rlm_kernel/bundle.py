@@ -203,9 +203,7 @@ def _copy_notebook(source: Path, run: RunNotebook, target: Path, rel: str | None
     if rel is None:
         shutil.copyfile(source, target)  # byte for byte: nothing to change
         return
-    copy_nb = relocate(run.nb, source, target)
-    copy_nb.metadata.rlm["context"]["path"] = rel
-    write_notebook(copy_nb, target)
+    write_notebook(relocate(run.nb, source, target, context_path=rel), target)
 
 
 def _readme(run: RunNotebook, name: str, context: str | None, url: str | None) -> str:

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ __all__ = [
     "ReplayTransport",
     "final_line",
     "final_output",
+    "finals_of",
     "install",
+    "is_note",
 ]
 
 # Marks the lines replay adds to a cell's outputs (the FINAL verdict), so comparisons skip them.
@@ -115,6 +117,18 @@ def final_output(value: str, via: str, recorded: str | None) -> tuple[dict, dict
     """
     note = {"kind": "final", "value": value, "via": via, "matches": value == recorded}
     return {"text/plain": final_line(value, recorded)}, {"rlm": {NOTE_KEY: note}}
+
+
+def is_note(output: Mapping[str, Any]) -> bool:
+    """Whether an output is one replay added (a final answer's verdict), not the code's."""
+    rlm = (output.get("metadata") or {}).get("rlm")
+    return isinstance(rlm, dict) and NOTE_KEY in rlm
+
+
+def finals_of(outputs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The final answers replay announced in ``outputs``, in order."""
+    notes = [o["metadata"]["rlm"][NOTE_KEY] for o in outputs if is_note(o)]
+    return [str(n.get("value")) for n in notes if n.get("kind") == "final"]
 
 
 FinalHook = Callable[[str, str, "str | None"], None]

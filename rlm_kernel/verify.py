@@ -23,9 +23,18 @@ from .errors import OutputPathError, UsageError
 from .kernel import ExecResult, KernelSession
 from .outputs import render_text, strip_ansi
 from .parse import final_answer
-from .record import CodeCellRecord, RunNotebook, read, relocate, setup_source, write_notebook
+from .record import (
+    SETUP_CELL_ID,
+    CodeCellRecord,
+    RunNotebook,
+    code_cell_id,
+    read,
+    relocate,
+    setup_source,
+    write_notebook,
+)
 from .record.book import preview as _preview
-from .replay import NOTE_KEY
+from .replay import finals_of, is_note
 
 __all__ = ["CellReport", "ReplayReport", "areplay_notebook", "normalize_text", "replay_notebook"]
 
@@ -66,11 +75,6 @@ def normalize_text(text: str) -> str:
     return "\n".join(lines)
 
 
-def _is_note(output: Mapping[str, Any]) -> bool:
-    rlm = (output.get("metadata") or {}).get("rlm")
-    return isinstance(rlm, dict) and NOTE_KEY in rlm
-
-
 def _frames_only(output: Mapping[str, Any]) -> Mapping[str, Any]:
     """An error output whose traceback keeps the first line of each entry.
 
@@ -86,12 +90,7 @@ def _frames_only(output: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _compared_text(outputs: Iterable[Mapping[str, Any]]) -> str:
-    return normalize_text(render_text([_frames_only(o) for o in outputs if not _is_note(o)]))
-
-
-def _finals(outputs: Iterable[Mapping[str, Any]]) -> list[str]:
-    notes = [o["metadata"]["rlm"][NOTE_KEY] for o in outputs if _is_note(o)]
-    return [str(n.get("value")) for n in notes if n.get("kind") == "final"]
+    return normalize_text(render_text([_frames_only(o) for o in outputs if not is_note(o)]))
 
 
 @dataclasses.dataclass
@@ -271,17 +270,9 @@ def _check_out(out: Path, source: Path) -> Path:
 
 def _write_copy(run: RunNotebook, out: Path, setup: ExecResult, reports: list[CellReport]) -> None:
     """Write the notebook with the replayed outputs to ``out``, still replayable from there."""
-    copy_nb = relocate(run.nb, run.path, out)
-    by_id = {(r.step, r.block): r for r in reports}
-    for cell in copy_nb.cells:
-        if cell.cell_type != "code":
-            continue
-        rlm = cell.metadata.get("rlm") or {}
-        if cell.get("id") == "rlm-setup" or "rlm-setup" in cell.metadata.get("tags", []):
-            cell.outputs, cell.execution_count = setup.outputs, setup.execution_count
-        elif (report := by_id.get((rlm.get("step"), rlm.get("block")))) is not None:
-            cell.outputs, cell.execution_count = report.outputs, report.execution_count
-    write_notebook(copy_nb, out)
+    outputs = {code_cell_id(r.step, r.block): (r.outputs, r.execution_count) for r in reports}
+    outputs[SETUP_CELL_ID] = (setup.outputs, setup.execution_count)
+    write_notebook(relocate(run.nb, run.path, out, outputs=outputs), out)
 
 
 async def areplay_notebook(
@@ -334,7 +325,7 @@ async def areplay_notebook(
             )
         for cell in run.code_cells:
             result = await ks.execute(cell.source, timeout=timeout, cell_id=cell.cell_id)
-            finals += _finals(result.outputs)
+            finals += finals_of(result.outputs)
             report = _compare(cell, result, label)
             reports.append(report)
             if on_cell is not None:

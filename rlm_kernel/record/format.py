@@ -26,6 +26,10 @@ CODE_TAG = "rlm-code"
 FINAL_TAG = "rlm-final"
 ANSWER_TAG = "rlm-answer"
 
+SUMMARY_CELL_ID = "rlm-summary"
+SETUP_CELL_ID = "rlm-setup"
+ANSWER_CELL_ID = "rlm-answer"
+
 FINAL_STATUSES = ("answered", "no_answer", "error", "interrupted")
 NOT_RUN_MARKER = "*[code not run: no steps left]*"
 SETUP_COMMENT = (

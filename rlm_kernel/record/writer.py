@@ -89,11 +89,11 @@ class Recorder:
         self.meta: dict[str, Any] = nbformat.from_dict(meta)
 
         summary = nbformat.v4.new_markdown_cell(
-            source="", id="rlm-summary", metadata={"tags": [fmt.SUMMARY_TAG]}
+            source="", id=fmt.SUMMARY_CELL_ID, metadata={"tags": [fmt.SUMMARY_TAG]}
         )
         setup = nbformat.v4.new_code_cell(
             source=fmt.setup_source(self.path.name),
-            id="rlm-setup",
+            id=fmt.SETUP_CELL_ID,
             metadata={"tags": [fmt.SETUP_TAG]},
         )
         self.nb = nbformat.v4.new_notebook(
@@ -275,7 +275,7 @@ class Recorder:
         )
         cell = self._new_cell(
             "markdown",
-            cell_id="rlm-answer",
+            cell_id=fmt.ANSWER_CELL_ID,
             source=fmt.answer_source(answer, status, stop_reason, error),
             metadata={"tags": [fmt.ANSWER_TAG]},
         )
@@ -407,7 +407,12 @@ def write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str]) -> p
 
 
 def relocate(
-    nb: nbformat.NotebookNode, source: str | os.PathLike[str], target: str | os.PathLike[str]
+    nb: nbformat.NotebookNode,
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    context_path: str | None = None,
+    outputs: Mapping[str, tuple[list[Any], int | None]] | None = None,
 ) -> nbformat.NotebookNode:
     """A copy of the run notebook read from ``source``, with its links valid at ``target``.
 
@@ -415,6 +420,13 @@ def relocate(
     parent run, its child runs (on their sub-call records and in the summary's tree). Each is
     rewritten to point at the same file from the new place, and the setup cell names the new
     file. Paths that do not resolve against ``source`` are left as they are.
+
+    Args:
+        nb: the notebook as read from ``source``.
+        source: where it was read.
+        target: where the copy goes.
+        context_path: the copy's context file, relative to ``target``, when it moves too.
+        outputs: new ``(outputs, execution_count)`` by cell id (a replayed copy).
     """
     target = pathlib.Path(target)
     copy_nb = copy.deepcopy(nb)
@@ -424,7 +436,9 @@ def relocate(
 
     meta = copy_nb.metadata.rlm
     ctx = meta.get("context") or {}
-    if ctx.get("path"):
+    if context_path is not None:
+        ctx["path"] = context_path
+    elif ctx.get("path"):
         ctx["path"] = move(ctx["path"])
     parent = meta.get("parent")
     if isinstance(parent, dict) and parent.get("notebook"):
@@ -438,6 +452,8 @@ def relocate(
                 sub["child"] = move(sub["child"])
         if fmt.SETUP_TAG in cell.get("metadata", {}).get("tags", []):
             cell.source = fmt.setup_source(target.name, previous=cell.source)
+        if outputs is not None and cell.get("id") in outputs:
+            cell.outputs, cell.execution_count = outputs[cell.id]
     return copy_nb
 
 
