@@ -18,7 +18,8 @@ another machine, reached through a tunnel). Every message in either direction is
        ← {"op": "hello", "ok": true}
 
    A wrong token (or any other first frame) gets an ``AuthError`` record and the server closes
-   the connection. Frames before authentication are limited to 64 KiB.
+   the connection. Frames before authentication are limited to 64 KiB, and a connection that
+   has not authenticated within ``handshake_timeout`` seconds is closed.
 
 2. After that each request carries an integer ``"id"`` chosen by the kernel, and its response
    echoes it. Responses may arrive in any order, so several requests can be in flight on one
@@ -55,6 +56,16 @@ another machine, reached through a tunnel). Every message in either direction is
 
 When a connection closes (say the kernel was interrupted in the middle of a call and dropped it),
 the sub-calls still running for it are cancelled.
+
+Bounds
+------
+
+Nothing a peer sends makes the host allocate more than it has received: a frame's buffer grows
+with the bytes that arrive, not with the size its header announces. A frame larger than
+``max_frame_bytes`` is read and thrown away as it arrives; its request gets a ``ProtocolError``
+naming the limit (when its ``id`` can be read from its first bytes) and the connection stays in
+step. At most ``max_connections`` connections are open at once; more are closed as soon as they
+are accepted, so a flood of idle connections cannot exhaust the host's file descriptors.
 """
 
 from __future__ import annotations
@@ -64,23 +75,32 @@ import contextlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 import struct
 import sys
+import tempfile
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import BridgeError
 from .record import ErrorRecord
 
-__all__ = ["BridgeServer", "SubcallHandler", "SubcallRequest"]
+__all__ = ["BridgeServer", "SubcallHandler", "SubcallRequest", "socket_dir"]
 
 _HEADER = struct.Struct(">I")
 _MAX_HELLO_BYTES = 64 * 1024
 _READ_SIZE = 64 * 1024
 _KEEP_BUFFER = 1024 * 1024
+# A frame announced up to this size gets its whole buffer at once (received without copies);
+# above it the buffer doubles as bytes arrive, so a header alone cannot make the host allocate.
+_PREALLOCATE_BYTES = 8 * 1024 * 1024
+_ID_PREFIX = re.compile(rb'^\{\s*"id"\s*:\s*(-?\d{1,18})\s*[,}]')
+# Unix socket paths hold at most 107 bytes on Linux and 103 on macOS (sun_path, with its NUL).
+MAX_UNIX_PATH = 103 if sys.platform == "darwin" else 107
 _KINDS = ("llm", "rlm")
 _EAGER_TASKS = sys.version_info >= (3, 12)
 _VIAS = ("FINAL", "FINAL_VAR", "answer")
@@ -151,14 +171,36 @@ class _Connection(asyncio.BufferedProtocol):
         self._authenticated = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._transport: asyncio.Transport | None = None
+        self._handshake: asyncio.TimerHandle | None = None
+        # An oversized frame being thrown away: bytes still to skip, and its first bytes (for
+        # the request id).
+        self._discard = 0
+        self._discard_size = 0
+        self._discard_head = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._server._connections.add(self)
+        server = self._server
+        if len(server._connections) >= server.max_connections:
+            server.refused_connections += 1
+            transport.abort()  # frees the descriptor at once; connection_lost follows
+            return
+        server._connections.add(self)
+        self._handshake = asyncio.get_running_loop().call_later(
+            server.handshake_timeout, self._handshake_expired
+        )
+
+    def _handshake_expired(self) -> None:
+        self._handshake = None
+        if not self._authenticated and self._transport is not None:
+            self._refuse(f"no hello within {self._server.handshake_timeout:g} s")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        if self._handshake is not None:
+            self._handshake.cancel()
+            self._handshake = None
         # The kernel gave up on these requests (interrupt, crash): stop spending on them.
         for task in self._tasks:
             task.cancel()
@@ -170,22 +212,45 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.abort()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        need = max(self._want, self._filled + _READ_SIZE)
+        filled = self._filled
+        need = filled + _READ_SIZE
+        if self._want > need:
+            # Grow with what has arrived, not with what the header promises.
+            need = (
+                self._want
+                if self._want <= _PREALLOCATE_BYTES
+                else min(self._want, max(need, 2 * len(self._buf)))
+            )
         if len(self._buf) < need:
             grown = bytearray(need)
-            grown[: self._filled] = memoryview(self._buf)[: self._filled]
+            grown[:filled] = memoryview(self._buf)[:filled]
             self._buf = grown
-        return memoryview(self._buf)[self._filled :]
+        return memoryview(self._buf)[filled:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._filled += nbytes
-        buf, filled, start = self._buf, self._filled, 0
+        start = 0  # frames begin at the front of the buffer
+        if self._discard:
+            # The new bytes continue an oversized frame that is being thrown away.
+            start = self._skip(self._filled, nbytes)
+            if self._discard:
+                return
+        else:
+            self._filled += nbytes
+        buf, filled = self._buf, self._filled
         self._want = 0
         while filled - start >= 4:
             (size,) = _HEADER.unpack_from(buf, start)
             if not self._authenticated and size > _MAX_HELLO_BYTES:
                 self._refuse("the first frame must be a small hello")
                 return
+            if size > self._server.max_frame_bytes:
+                self._discard = self._discard_size = size
+                self._discard_head.clear()
+                start = self._skip(start + 4, filled - start - 4)
+                if self._discard or self._transport is None or self._transport.is_closing():
+                    return
+                buf, filled = self._buf, self._filled
+                continue
             end = start + 4 + size
             if end > filled:
                 self._want = 4 + size
@@ -201,6 +266,43 @@ class _Connection(asyncio.BufferedProtocol):
             self._filled = rest
         if self._filled == 0 and len(buf) > _KEEP_BUFFER:
             self._buf = bytearray(_READ_SIZE)  # a large frame has gone; give the memory back
+
+    def _skip(self, start: int, nbytes: int) -> int:
+        """Throw away the oversized frame's part of the ``nbytes`` received at ``start``.
+
+        Whatever follows it moves to the front of the buffer; returns 0, where parsing goes
+        on. Once the whole frame has gone, its request (if its id was readable) gets an error.
+        """
+        self._filled = start + nbytes
+        take = min(self._discard, nbytes)
+        missing = 64 - len(self._discard_head)
+        if missing > 0:
+            self._discard_head += self._buf[start : start + min(take, missing)]
+        self._discard -= take
+        rest = bytes(memoryview(self._buf)[start + take : self._filled])
+        if len(self._buf) > _KEEP_BUFFER:
+            self._buf = bytearray(max(_READ_SIZE, len(rest)))
+        self._buf[: len(rest)] = rest
+        self._filled = len(rest)
+        if not self._discard:
+            self._reject_oversized()
+        return 0
+
+    def _reject_oversized(self) -> None:
+        limit = self._server.max_frame_bytes
+        message = (
+            f"a request of {self._discard_size} bytes is larger than the bridge accepts "
+            f"({limit} bytes); send less at once (fewer or shorter prompts per call)"
+        )
+        match = _ID_PREFIX.match(bytes(self._discard_head))
+        self._discard_head.clear()
+        if match is None:
+            # Without an id there is no caller to tell; close rather than guess.
+            self._send(_protocol_error(message))
+            if self._transport is not None:
+                self._transport.close()
+            return
+        self._send({"id": int(match.group(1)), **_protocol_error(message)})
 
     def _send(self, message: dict[str, Any]) -> None:
         transport = self._transport
@@ -231,6 +333,9 @@ class _Connection(asyncio.BufferedProtocol):
                 and hmac.compare_digest(token.encode(), self._server.token.encode())
             ):
                 self._authenticated = True
+                if self._handshake is not None:
+                    self._handshake.cancel()
+                    self._handshake = None
                 self._send({"op": "hello", "ok": True})
             else:
                 self._refuse("wrong token")
@@ -337,6 +442,18 @@ class BridgeServer:
         max_concurrency: sub-calls running at once across all connections.
         slots: a semaphore shared with other servers (a run tree's cap), instead of one of
             ``max_concurrency`` slots of its own.
+        max_frame_bytes: the largest request accepted after authentication; a larger one is
+            refused with a ``ProtocolError`` without being kept in memory.
+        handshake_timeout: seconds a new connection has to authenticate before it is closed.
+        max_connections: connections open at once; more are closed as soon as they arrive.
+
+    Attributes:
+        refused_connections: connections closed on arrival because ``max_connections`` were
+            open.
+
+    Raises:
+        BridgeError: ``unix_path`` is longer than a Unix socket path may be (see
+            :func:`socket_dir` for a directory short enough).
     """
 
     def __init__(
@@ -347,14 +464,34 @@ class BridgeServer:
         host: str = "127.0.0.1",
         max_concurrency: int = 16,
         slots: asyncio.Semaphore | None = None,
+        max_frame_bytes: int = 256 * 1024 * 1024,
+        handshake_timeout: float = 10.0,
+        max_connections: int = 64,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
         self._shared_slots = slots
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        if max_frame_bytes < _MAX_HELLO_BYTES or not handshake_timeout > 0:
+            raise ValueError(
+                f"max_frame_bytes must be at least {_MAX_HELLO_BYTES} and handshake_timeout "
+                f"positive, not {max_frame_bytes} and {handshake_timeout}"
+            )
         self._handler = handler
         self._unix_path = os.fspath(unix_path) if unix_path is not None else None
+        if self._unix_path is not None and len(os.fsencode(self._unix_path)) > MAX_UNIX_PATH:
+            raise BridgeError(
+                f"the bridge socket path is {len(os.fsencode(self._unix_path))} bytes, longer "
+                f"than a Unix socket path may be ({MAX_UNIX_PATH}): {self._unix_path} "
+                "(use rlm_kernel.bridge.socket_dir() for a short directory)"
+            )
         self._host = host
         self.max_concurrency = max_concurrency
+        self.max_frame_bytes = max_frame_bytes
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.refused_connections = 0
         self.token = secrets.token_urlsafe(32)
         self._address = ""
         self._server: asyncio.AbstractServer | None = None
@@ -438,3 +575,25 @@ class BridgeServer:
                 f"the sub-call returned {type(text).__name__}, expected str", "SubcallError"
             )
         return {"ok": text}
+
+
+def socket_dir(prefix: str = "rlm-b-", *, name: str = "bridge.sock") -> Path:
+    """Make a private (0700) temporary directory short enough to hold a Unix socket ``name``.
+
+    It is made in the usual temporary directory (``TMPDIR``) when the socket path fits there,
+    else in ``/tmp``: a long ``TMPDIR`` (macOS has ~50-character ones; some CI systems longer)
+    would otherwise make the socket path overflow its ~107-byte limit. The caller removes it.
+
+    Raises:
+        BridgeError: no temporary directory is short enough (only with a very long ``prefix``
+            or ``name``).
+    """
+    # mkdtemp adds 8 random characters to the prefix, then a separator before the name.
+    extra = len(prefix) + 8 + 1 + len(name) + 1
+    for base in (tempfile.gettempdir(), "/tmp"):
+        if len(os.fsencode(base)) + extra <= MAX_UNIX_PATH and os.path.isdir(base):
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    raise BridgeError(
+        f"no temporary directory is short enough for a Unix socket named {name!r} "
+        f"(at most {MAX_UNIX_PATH} bytes); set TMPDIR to a shorter directory"
+    )

@@ -300,7 +300,9 @@ class KernelSession:
         env: variables set in the kernel on top of the allowlisted host environment.
         env_allowlist: more host variable names to pass through.
         setup_code: code run silently after every start and restart (e.g. loading the context).
-        startup_timeout: seconds the kernel (and ``setup_code``) may take to become ready.
+        startup_timeout: seconds a start (or restart) may take in all: launching the process,
+            the kernel becoming ready and ``setup_code``. A caller with a deadline of its own
+            passes what is left of it.
         interrupt_grace: seconds to wait for a cell to stop after a timeout interrupt before
             the kernel is restarted.
         shutdown_grace: seconds a kernel may take to exit after a shutdown request before its
@@ -374,7 +376,7 @@ class KernelSession:
             raise KernelError("this kernel session is already started")
         self._state = _State.RUNNING
         try:
-            await self._launch()
+            await self._launch_in_time()
         except BaseException:
             await self._close()
             raise
@@ -412,6 +414,16 @@ class KernelSession:
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
+
+    async def _launch_in_time(self) -> None:
+        """Launch within ``startup_timeout``, however the kernel or its setup code hangs."""
+        try:
+            await asyncio.wait_for(self._launch(), self.startup_timeout)
+        except asyncio.TimeoutError:
+            raise KernelStartError(
+                f"the {self.kernel_name!r} kernel did not start within "
+                f"{self.startup_timeout:g} s{self._log_tail()}"
+            ) from None
 
     async def _launch(self) -> None:
         protect_host_memory()
@@ -479,7 +491,7 @@ class KernelSession:
     async def _relaunch(self, *, graceful: bool) -> None:
         try:
             await self._stop_kernel(graceful=graceful)
-            await self._launch()
+            await self._launch_in_time()
         except BaseException:
             await self._close()
             raise

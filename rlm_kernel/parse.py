@@ -40,9 +40,20 @@ class _Fence:
     end: int
 
 
+# Markdown and Python end lines at \n, \r\n or \r only; str.splitlines() would also break at
+# form feeds, U+2028 and other characters that are ordinary text inside a line of code.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_REST = re.compile(r"[^\r\n]*")  # the rest of a line
+
+
+def _split_lines(text: str) -> list[str]:
+    """``text`` cut after each line break, keeping the breaks (``"".join`` gives it back)."""
+    return _LINE.findall(text)
+
+
 def _lines_with_offsets(text: str) -> list[tuple[int, str]]:
     out, pos = [], 0
-    for line in text.splitlines(keepends=True):
+    for line in _split_lines(text):
         out.append((pos, line))
         pos += len(line)
     return out
@@ -132,12 +143,12 @@ def final_answer(text: str) -> FinalAnswer | None:
     prose_text = "".join(line for _, line in prose)
     found: FinalAnswer | None = None
     pos = 0
-    for line in prose_text.splitlines(keepends=True):
+    for line in _split_lines(prose_text):
         m = _FINAL_START.match(line)
         if m:
             open_at = pos + m.end()
             close_at = _balanced(prose_text, open_at)
-            if close_at is not None and not prose_text[close_at + 1 :].split("\n", 1)[0].strip():
+            if close_at is not None and not _REST.match(prose_text, close_at + 1).group().strip():
                 kind = m.group("kind")
                 value = _unquote(prose_text[open_at:close_at])
                 found = FinalAnswer(kind, value)  # type: ignore[arg-type]

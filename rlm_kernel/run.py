@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts, runtime
-from .bridge import BridgeServer
+from .bridge import BridgeServer, socket_dir
 from .budget import Budget
 from .context import ContextInfo, ContextInput, ContextWarning, prepare
 from .errors import NotebookFormatError, OutputPathError, RLMKernelError, RunStopped, UsageError
@@ -425,7 +425,8 @@ class _Tree:
         stop_reason: str | None = None
         error: str | None = None
         answer: str | None = None
-        work = Path(tempfile.mkdtemp(prefix="rlm-b-"))
+        # A directory short enough for a Unix socket path, whatever TMPDIR is.
+        work = socket_dir()
         factory = self._session(spec)
         # A kernel elsewhere (a gateway) dials a TCP listener and gets its files uploaded;
         # a local one reaches a Unix socket and reads the host's files where they are.
@@ -505,8 +506,13 @@ class _Tree:
             return self.pool.session
         # A run's own kernel dies with the run (no history, a scratch folder), so it is stopped
         # at once rather than asked to shut down, which ipykernel can hang on.
+        # The run's deadline holds while the kernel starts too.
+        remaining = spec.budget.remaining_time()
         return self.rlm.session or functools.partial(
-            KernelSession, kernel_name=self.rlm.kernel_name, shutdown_grace=0
+            KernelSession,
+            kernel_name=self.rlm.kernel_name,
+            shutdown_grace=0,
+            startup_timeout=min(60.0, remaining) if remaining is not None else 60.0,
         )
 
     async def _child(self, on_child: Hook | None, child: ChildRun) -> RunResult:

@@ -7,6 +7,7 @@ from importlib import resources
 
 import pytest
 
+from rlm_kernel.errors import UsageError
 from rlm_kernel.llm import pricing
 from rlm_kernel.types import Usage
 
@@ -119,3 +120,101 @@ def test_haiku_5_5_long_context_band():
 def test_price_returns_a_copy():
     pricing.price("anthropic", "claude-haiku-5-5")["long_context"]["input"] = 999
     assert pricing.price("anthropic", "claude-haiku-5-5")["long_context"]["input"] == 0.5
+
+
+# -- prices the user gives ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def given(monkeypatch):
+    """No prices given in this process before or after the test."""
+    monkeypatch.setattr(pricing, "_given", {})
+    return pricing
+
+
+def write_prices(tmp_path, monkeypatch, data) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = tmp_path / "rlm-kernel" / "prices.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    assert pricing.user_prices_path() == path
+
+
+def test_off_the_official_endpoint_only_given_prices_apply(given):
+    usage = Usage(calls=1, input_tokens=M, output_tokens=M)
+    assert pricing.cost("openai", "gpt-5-mini", usage, official=False) is None
+    assert pricing.price("openai", "gpt-5-mini", official=False) is None
+    given.set_price("openai:gpt-5-mini", 0.5, 1.5)
+    assert pricing.cost("openai", "gpt-5-mini", usage, official=False) == pytest.approx(2.0)
+    # A given price wins over the official table on the official endpoint too.
+    assert pricing.cost("openai", "gpt-5-mini", usage) == pytest.approx(2.0)
+    given.clear_prices()
+    assert pricing.cost("openai", "gpt-5-mini", usage) == pytest.approx(0.25 + 2)
+
+
+def test_a_bare_model_id_prices_it_under_any_provider_and_dated_ids(given):
+    given.set_price("llama-3.1-8b", 1, 2, cache_read_per_mtok=0.1, cache_write_per_mtok=3)
+    usage = Usage(
+        calls=1, input_tokens=M, output_tokens=M, cache_read_input_tokens=M,
+        cache_creation_input_tokens=M,
+    )  # fmt: skip
+    assert pricing.cost("openai", "llama-3.1-8b", usage, official=False) == pytest.approx(6.1)
+    assert pricing.cost("vllm", "llama-3.1-8b-20250101", usage, official=False) == pytest.approx(
+        6.1
+    )
+    # Without cache prices, cache tokens are billed as input.
+    given.set_price("openai:plain", 1, 2)
+    assert pricing.cost("openai", "plain", usage, official=False) == pytest.approx(5)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "1", True])
+def test_set_price_refuses_what_is_not_a_price(given, bad):
+    with pytest.raises(UsageError, match="must be a number >= 0"):
+        given.set_price("openai:m", bad, 1)
+    with pytest.raises(UsageError, match="needs a model name"):
+        given.set_price("openai:", 1, 1)
+
+
+def test_user_prices_file_in_the_config_dir(given, tmp_path, monkeypatch):
+    write_prices(tmp_path, monkeypatch, {"openai:local": {"input": 0, "output": 0.5}})
+    usage = Usage(calls=1, input_tokens=M, output_tokens=M)
+    assert pricing.cost("openai", "local", usage, official=False) == pytest.approx(0.5)
+    given.set_price("openai:local", 1, 1)  # set_price wins over the file
+    assert pricing.cost("openai", "local", usage, official=False) == pytest.approx(2)
+
+
+def test_user_prices_file_is_read_again_when_it_changes(given, tmp_path, monkeypatch):
+    write_prices(tmp_path, monkeypatch, {"openai:local": {"input": 1, "output": 1}})
+    usage = Usage(calls=1, input_tokens=M)
+    assert pricing.cost("openai", "local", usage, official=False) == pytest.approx(1)
+    write_prices(tmp_path, monkeypatch, {"openai:local": {"input": 3, "output": 1}, "x": {}})
+    with pytest.raises(UsageError, match="needs 'input'"):
+        pricing.cost("openai", "local", usage, official=False)
+    write_prices(tmp_path, monkeypatch, {"openai:local": {"input": 3.0, "output": 1}})
+    assert pricing.cost("openai", "local", usage, official=False) == pytest.approx(3)
+
+
+def test_home_config_dir_without_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert pricing.user_prices_path() == tmp_path / ".config" / "rlm-kernel" / "prices.json"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold an object of model names"),
+        ('{"openai:m": 3}', "is not an object of rates"),
+        ('{"openai:m": {"input": 1, "output": 1, "cached": 1}}', "unknown price key"),
+        ('{"openai:m": {"input": 1, "output": -2}}', "output of 'openai:m' must be a number"),
+    ],
+)
+def test_bad_prices_file_is_a_usage_error_naming_the_file(
+    given, tmp_path, monkeypatch, content, message
+):
+    write_prices(tmp_path, monkeypatch, content)
+    with pytest.raises(UsageError, match=message) as info:
+        pricing.user_prices()
+    assert str(pricing.user_prices_path()) in str(info.value)
+    assert "\n" not in str(info.value)

@@ -40,35 +40,122 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
 
 def model_error(
     name: str,
-    exc: Any,
+    exc: BaseException,
     sdk: ModuleType,
     *,
     error_fields: ErrorFields,
     secrets: Iterable[str | None],
-) -> ModelError:
-    """The :class:`ModelError` for an HTTP status or connection error raised by ``sdk``.
+    base_url: object = None,
+) -> ModelError | None:
+    """The :class:`ModelError` for any failure of a call through ``sdk``, in one line.
+
+    HTTP errors, timeouts, connections refused or lost (before or during a streamed reply),
+    replies that are not JSON and the SDK's own errors all become a ``ModelError`` that says
+    which of these happened. Returns ``None`` for anything else (a bug, not a failed call),
+    which the caller lets propagate.
 
     Args:
         name: the provider's model name, e.g. ``"openai:gpt-5-mini"``.
-        exc: an ``APIStatusError`` or ``APIConnectionError`` (timeouts included) of ``sdk``.
-        sdk: the SDK module that raised it, ``anthropic`` or ``openai``.
+        exc: what the call raised.
+        sdk: the SDK module that made the call, ``anthropic`` or ``openai``.
         error_fields: how this SDK's error bodies name the kind of error and its detail.
         secrets: credentials to keep out of the message.
+        base_url: the endpoint, named when the exception does not carry its request.
     """
-    retries = retries_of(exc.request)
+    retries = retries_of(getattr(exc, "request", None)) if isinstance(exc, sdk.APIError) else 0
     if isinstance(exc, sdk.APIStatusError):
         kind, detail = error_fields(exc.body)
         label = f"HTTP {exc.status_code}" + (f" {kind}" if kind else "")
         message = f"{label}: {detail or exc.response.reason_phrase}"
     elif isinstance(exc, sdk.APITimeoutError):
         message = "the request timed out"
+    elif isinstance(exc, sdk.APIConnectionError) or _transport_error(exc) is not None:
+        message = _connection_message(exc, base_url)
+    elif isinstance(exc, ValueError):
+        # json.JSONDecodeError from a body or a stream event, or a reply of the wrong shape.
+        message = f"the server's reply is not valid ({type(exc).__name__}: {_first_line(exc)})"
+    elif isinstance(exc, sdk.APIError) or type(exc).__name__ in _SDK_BASE_ERRORS:
+        message = f"the SDK failed: {_first_line(exc)}"
     else:
-        url = exc.request.url
-        message = f"could not connect to {url.scheme}://{url.netloc.decode()}"
+        return None
     if retries:
         message += f" (after {retries} {'retry' if retries == 1 else 'retries'})"
     # A server may quote the key it rejected; it must never reach logs or notebooks.
     return ModelError(name, scrub(message, secrets), retries=retries)
+
+
+_SDK_BASE_ERRORS = frozenset({"AnthropicError", "OpenAIError"})
+# httpx's errors (the SDKs use httpx or its successor httpx2): never imported, recognised by name.
+_HTTPX_MODULES = frozenset({"httpx", "httpx2"})
+_NOT_CONNECTED = frozenset({"ConnectError", "ConnectTimeout", "UnsupportedProtocol"})
+
+
+def _chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _transport_error(exc: BaseException) -> BaseException | None:
+    """The httpx error behind ``exc`` (itself, or what it was raised from), if any."""
+    for link in _chain(exc):
+        if any(
+            cls.__module__.partition(".")[0] in _HTTPX_MODULES and cls.__name__ == "TransportError"
+            for cls in type(link).__mro__
+        ):
+            return link
+    return None
+
+
+def _connection_message(exc: BaseException, base_url: object) -> str:
+    """Tell a server that could not be reached from a connection lost during the reply."""
+    cause = _transport_error(exc)
+    where = _endpoint(exc, base_url)
+    if cause is None or type(cause).__name__ in _NOT_CONNECTED:
+        return f"could not connect to {where}"
+    detail = _first_line(cause)
+    return f"the connection to {where} was lost before the reply was complete" + (
+        f" ({detail})" if detail else ""
+    )
+
+
+def _endpoint(exc: BaseException, base_url: object) -> str:
+    for link in _chain(exc):
+        try:
+            url = link.request.url  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):  # httpx raises RuntimeError when unset
+            continue
+        if url is not None:
+            netloc = url.netloc.decode() if isinstance(url.netloc, bytes) else url.netloc
+            return f"{url.scheme}://{netloc}"
+    return str(base_url).rstrip("/") if base_url else "the server"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def no_reply(name: str, *, streamed: bool) -> ModelError:
+    """The error for a reply with no content and no stop reason, such as an empty stream."""
+    what = "the stream ended without any event" if streamed else "the reply has no content"
+    return ModelError(
+        name,
+        f"{what}: the prompt is probably larger than the server's context window "
+        "(or the server failed while generating)",
+    )
+
+
+def no_stop_reason(name: str) -> ModelError:
+    """The error for a streamed reply that ended without saying why it stopped."""
+    return ModelError(
+        name,
+        "the stream ended without a stop reason, so the reply may be incomplete: the server "
+        "probably stopped generating (context window full, or it failed mid-reply)",
+    )
 
 
 def completion(
@@ -80,14 +167,19 @@ def completion(
     latency_s: float,
     request: Any,
     stop_reason: str | None,
+    official: bool,
 ) -> Completion:
-    """The :class:`Completion` of a reply from ``provider:model``, priced, with its retries."""
+    """The :class:`Completion` of a reply from ``provider:model``, priced, with its retries.
+
+    ``official`` says whether the reply came from the provider's official endpoint, where its
+    published prices apply; elsewhere only prices the user gave do (see ``pricing``).
+    """
     return Completion(
         text=text,
         model=f"{provider}:{model}",
         usage=usage,
         latency_s=latency_s,
-        cost_usd=pricing.cost(provider, model, usage),
+        cost_usd=pricing.cost(provider, model, usage, official=official),
         retries=retries_of(request),
         stop_reason=stop_reason,
     )

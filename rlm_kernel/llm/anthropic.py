@@ -10,12 +10,13 @@ import anthropic
 
 from ..errors import MissingAPIKeyError, ModelError, UsageError
 from ..types import Completion, Message, Usage
-from . import _sdk, wants_stream
+from . import _sdk, pricing, wants_stream
 
 # The SDK refuses a non-streaming request whose max_tokens could take longer than ten minutes
 # (it budgets an hour per 128k output tokens); above this many tokens we stream instead.
 _NONSTREAMING_MAX_TOKENS = 128_000 * 10 // 60
 _CACHE_CONTROL = {"type": "ephemeral"}
+_OFFICIAL_HOST = "api.anthropic.com"
 
 
 class AnthropicLLM:
@@ -39,6 +40,7 @@ class AnthropicLLM:
 
     Raises:
         MissingAPIKeyError: no credential was found.
+        UsageError: the user's prices file is not valid.
     """
 
     def __init__(
@@ -58,32 +60,45 @@ class AnthropicLLM:
         if client is None:
             client = _make_client(max_retries=max_retries, timeout=timeout)
         self._client = client
+        # Published prices apply only to the official endpoint, not to proxies or look-alikes.
+        self.official = client.base_url.host == _OFFICIAL_HOST
+        pricing.user_prices()  # a broken prices file fails here, before any run starts
 
     async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
         """Send the conversation and return the reply with its usage, cost and retry count.
 
         Raises:
-            ModelError: the API call failed after the SDK's retries.
+            ModelError: the call failed after the SDK's retries (HTTP error, timeout, no
+                connection, a connection lost mid-reply, a reply that is not valid), or the
+                server sent no reply or a stream without its stop reason.
         """
         params = self._params(messages, max_tokens)
+        streamed = wants_stream(self.stream, max_tokens) or max_tokens > _NONSTREAMING_MAX_TOKENS
         start = time.perf_counter()
         try:
-            if wants_stream(self.stream, max_tokens) or max_tokens > _NONSTREAMING_MAX_TOKENS:
-                async with self._client.messages.stream(**params) as stream:
-                    message = await stream.get_final_message()
-                    request = stream.response.request
+            if streamed:
+                message, request = await self._streamed(params)
             else:
                 raw = await self._client.messages.with_raw_response.create(**params)
                 message = await raw.parse()
                 request = raw.http_request
-        except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
-            secrets = (self._client.api_key, self._client.auth_token)
-            raise _sdk.model_error(
-                self.name, exc, anthropic, error_fields=_error_fields, secrets=secrets
-            ) from exc
-        except anthropic.AnthropicError as exc:
-            raise ModelError(self.name, f"the Anthropic SDK failed: {exc}") from exc
+        except ModelError:
+            raise
+        except Exception as exc:
+            error = _sdk.model_error(
+                self.name,
+                exc,
+                anthropic,
+                error_fields=_error_fields,
+                secrets=(self._client.api_key, self._client.auth_token),
+                base_url=self._client.base_url,
+            )
+            if error is None:
+                raise
+            raise error from exc
         latency = time.perf_counter() - start
+        if not message.content and message.stop_reason is None:
+            raise _sdk.no_reply(self.name, streamed=False)
 
         u = message.usage
         usage = Usage(
@@ -102,7 +117,22 @@ class AnthropicLLM:
             latency_s=latency,
             request=request,
             stop_reason=message.stop_reason,
+            official=self.official,
         )
+
+    async def _streamed(self, params: dict[str, Any]) -> tuple[Any, Any]:
+        """Stream a reply; an empty stream, or one cut before its stop reason, is an error."""
+        started = False
+        async with self._client.messages.stream(**params) as stream:
+            async for event in stream:
+                started = started or event.type == "message_start"
+            if not started:
+                raise _sdk.no_reply(self.name, streamed=True)
+            message = await stream.get_final_message()
+            request = stream.response.request
+        if message.stop_reason is None:
+            raise _sdk.no_stop_reason(self.name)
+        return message, request
 
     async def aclose(self) -> None:
         """Close the HTTP connections of the client."""

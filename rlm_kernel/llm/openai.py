@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingAPIKeyError, ModelError, UsageError
 from ..types import Completion, Message, Usage
-from . import _sdk, wants_stream
+from . import _sdk, pricing, wants_stream
 
 try:
     import openai
@@ -73,39 +73,58 @@ class OpenAILLM:
         self._client = client
         # The OpenAI API wants max_completion_tokens (reasoning models reject max_tokens), while
         # many compatible servers only know the older max_tokens.
-        official = client.base_url.host == _OFFICIAL_HOST
-        self._max_tokens_param = "max_completion_tokens" if official else "max_tokens"
+        # Published prices apply only to the official endpoint, not to local look-alikes.
+        self.official = client.base_url.host == _OFFICIAL_HOST
+        pricing.user_prices()  # a broken prices file fails here, before any run starts
+        self._max_tokens_param = "max_completion_tokens" if self.official else "max_tokens"
+        self._stream_usage: bool | None = None  # whether streamed replies carry usage
 
     async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
         """Send the conversation and return the reply with its usage, cost and retry count.
 
         Raises:
-            ModelError: the API call failed after the SDK's retries.
+            ModelError: the call failed after the SDK's retries (HTTP error, timeout, no
+                connection, a connection lost mid-reply, a reply that is not valid), or the
+                server sent no reply or a stream without a finish reason.
         """
         params: dict[str, Any] = {
             "model": self.model,
             "messages": [dict(m) for m in messages],
             self._max_tokens_param: max_tokens,
         }
+        # A server that sends no usage in streams (llama.cpp, for one) is asked without
+        # streaming from then on, where it does report usage, unless streaming was asked for.
+        streamed = wants_stream(self.stream, max_tokens) and (
+            self.stream is True or self._stream_usage is not False
+        )
         start = time.perf_counter()
         try:
-            if wants_stream(self.stream, max_tokens):
+            if streamed:
                 text, finish, raw_usage, request = await self._streamed(params)
             else:
                 raw = await self._client.chat.completions.with_raw_response.create(**params)
                 completion = raw.parse()
                 request = raw.http_request
                 choice = completion.choices[0] if completion.choices else None
-                text = (choice.message.content or "") if choice else ""
-                finish = choice.finish_reason if choice else None
+                if choice is None:
+                    raise _sdk.no_reply(self.name, streamed=False)
+                text = choice.message.content or ""
+                finish = choice.finish_reason
                 raw_usage = completion.usage
-        except (openai.APIStatusError, openai.APIConnectionError) as exc:
-            secrets = (self._client.api_key,)
-            raise _sdk.model_error(
-                self.name, exc, openai, error_fields=_error_fields, secrets=secrets
-            ) from exc
-        except openai.OpenAIError as exc:
-            raise ModelError(self.name, f"the OpenAI SDK failed: {exc}") from exc
+        except ModelError:
+            raise
+        except Exception as exc:
+            error = _sdk.model_error(
+                self.name,
+                exc,
+                openai,
+                error_fields=_error_fields,
+                secrets=(self._client.api_key,),
+                base_url=self._client.base_url,
+            )
+            if error is None:
+                raise
+            raise error from exc
         latency = time.perf_counter() - start
 
         return _sdk.completion(
@@ -116,23 +135,32 @@ class OpenAILLM:
             latency_s=latency,
             request=request,
             stop_reason=finish,
+            official=self.official,
         )
 
     async def _streamed(self, params: dict[str, Any]) -> tuple[str, str | None, Any, Any]:
+        """Stream a reply; an empty stream, or one without a finish reason, is an error."""
         stream = await self._client.chat.completions.create(
             **params, stream=True, stream_options={"include_usage": True}
         )
         parts: list[str] = []
         finish: str | None = None
         raw_usage = None
+        chunks = 0
         async with stream:
             async for chunk in stream:
+                chunks += 1
                 for choice in chunk.choices:
                     if choice.index == 0:
                         parts.append(choice.delta.content or "")
                         finish = choice.finish_reason or finish
                 if chunk.usage is not None:
                     raw_usage = chunk.usage
+        if chunks == 0:
+            raise _sdk.no_reply(self.name, streamed=True)
+        if finish is None:
+            raise _sdk.no_stop_reason(self.name)
+        self._stream_usage = raw_usage is not None
         return "".join(parts), finish, raw_usage, stream.response.request
 
     async def aclose(self) -> None:

@@ -7,10 +7,11 @@ See ``docs/testing.md``.
 """
 
 from .scripted import Reply, ScriptedModel, ScriptExhausted
-from .server import FakeModelServer, Model, RecordedRequest, estimate_tokens
+from .server import FakeModelServer, Fault, Model, RecordedRequest, estimate_tokens
 
 __all__ = [
     "FakeModelServer",
+    "Fault",
     "Model",
     "RecordedRequest",
     "Reply",

@@ -22,63 +22,44 @@ import math
 import os
 import secrets
 import socket
+import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from ._wire import (
+    ANTHROPIC_ERROR_TYPES,
+    DEFAULT_MESSAGES,
+    OPENAI_ERROR_TYPES,
+    Api,
+    ApiError,
+    Segment,
+    anthropic_events,
+    anthropic_prompt,
+    estimate_tokens,
+    openai_chunks,
+    openai_prompt,
+    truncate,
+    unauthorized_message,
+)
 from .scripted import ScriptedModel, ScriptExhausted
 
 Model = ScriptedModel | Callable[[list[dict]], str] | str
 """A model the server can play: a :class:`ScriptedModel`, a rule ``fn(messages) -> str`` that
 answers any number of calls, or a fixed reply text."""
 
-Api = Literal["anthropic", "openai"]
+Fault = Literal["reset", "hang", "malformed", "cut", "empty", "no_finish", "no_usage"]
+"""A way to break a reply other than an HTTP error status; see :meth:`FakeModelServer.fault`."""
 
 _ROUTES: dict[str, Api] = {"/v1/messages": "anthropic", "/v1/chat/completions": "openai"}
 _CREDENTIAL_HEADERS = frozenset(
     {"authorization", "x-api-key", "api-key", "proxy-authorization", "cookie"}
 )
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-_OPENAI_ERROR_TYPES = {
-    400: ("invalid_request_error", None),
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("invalid_request_error", "unsupported_country_region_territory"),
-    404: ("invalid_request_error", "model_not_found"),
-    429: ("requests", "rate_limit_exceeded"),
-    500: ("server_error", None),
-    503: ("server_error", "service_unavailable"),
-}
-_DEFAULT_MESSAGES = {
-    400: "Invalid request",
-    401: "invalid x-api-key",
-    404: "Not found",
-    429: "Rate limit exceeded",
-    500: "Internal server error",
-    529: "Overloaded",
-}
-_STREAM_PIECES = 8  # a streamed reply is cut into at most this many text deltas
-
-
-def estimate_tokens(chars: int) -> int:
-    """Tokens the server bills for ``chars`` characters: ``ceil(chars / 4)``."""
-    return math.ceil(chars / 4)
 
 
 @dataclass
@@ -106,42 +87,24 @@ class RecordedRequest:
 
 @dataclass
 class _Failure:
-    status: int
+    """One queued failure: an HTTP error ``status``, or a ``fault`` of the reply itself."""
+
     times: int
     model: str | None
-    retry_after: float | None
-    message: str | None
+    status: int = 0
+    retry_after: float | None = None
+    message: str | None = None
+    fault: Fault | None = None
+    stream: bool | None = None
+    api: Api | None = None
+    seconds: float | None = None
 
-
-@dataclass
-class _Segment:
-    """A piece of the prompt in order: one system block or one content block of a message."""
-
-    role: str
-    text: str
-    marked: bool = False
-    chars: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.chars = len(self.text)
-
-
-class _ApiError(Exception):
-    """Ends a request with an HTTP error in the provider's JSON shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        error_type: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
-        self.error_type = error_type
+    def matches(self, model: str | None, stream: bool, api: Api) -> bool:
+        return (
+            (self.model is None or self.model == model)
+            and (self.stream is None or self.stream == stream)
+            and (self.api is None or self.api == api)
+        )
 
 
 class _PrefixCache:
@@ -152,7 +115,7 @@ class _PrefixCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def hashes(namespace: str, segments: list[_Segment]) -> list[bytes]:
+    def hashes(namespace: str, segments: list[Segment]) -> list[bytes]:
         digest = hashlib.sha256(namespace.encode()).digest()
         out = []
         for seg in segments:
@@ -216,6 +179,7 @@ class FakeModelServer:
         self._cache = _PrefixCache()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # wakes requests held by a "hang" fault
         for name, model in (models or {}).items():
             self.add_model(name, model)
 
@@ -262,7 +226,53 @@ class FakeModelServer:
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (4xx or 5xx), not {status!r}")
         with self._lock:
-            self._failures.append(_Failure(status, times, model, retry_after, message))
+            self._failures.append(
+                _Failure(times, model, status=status, retry_after=retry_after, message=message)
+            )
+
+    def fault(
+        self,
+        kind: Fault,
+        *,
+        times: int = 1,
+        model: str | None = None,
+        stream: bool | None = None,
+        api: Api | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """Break the next ``times`` matching requests in the way ``kind`` names.
+
+        A request matches when its model is ``model``, its ``stream`` flag is ``stream`` and its
+        API is ``api`` (each ``None`` matches any). The kinds:
+
+        - ``"reset"``: the connection is reset (TCP RST) before any reply;
+        - ``"hang"``: no reply for ``seconds`` (default: until the server stops), then the
+          connection closes; for client timeouts;
+        - ``"malformed"``: a 200 whose JSON body is cut short, or a stream with an event that is
+          not JSON in the middle;
+        - ``"cut"``: the connection closes half-way through the body or the stream;
+        - ``"empty"``: a 200 with no reply: a stream with no events (what some local servers
+          send for a prompt larger than their window), or a body with no content and no stop
+          reason;
+        - ``"no_finish"``: the reply's text without a stop reason (a stream without its final
+          events);
+        - ``"no_usage"``: no token usage in the reply, as some OpenAI-compatible servers do in
+          streams (OpenAI API only).
+
+        Faults and :meth:`fail` errors share one queue, taken in the order they were added.
+        """
+        if kind not in get_args(Fault):
+            raise ValueError(f"unknown fault {kind!r}; one of {', '.join(get_args(Fault))}")
+        if times < 1:
+            raise ValueError(f"times must be >= 1, not {times!r}")
+        if kind == "no_usage":
+            if api == "anthropic":
+                raise ValueError("the no_usage fault applies to the OpenAI API only")
+            api = "openai"
+        with self._lock:
+            self._failures.append(
+                _Failure(times, model, fault=kind, stream=stream, api=api, seconds=seconds)
+            )
 
     def env(self) -> dict[str, str]:
         """Environment variables that point both SDKs at this server with its key."""
@@ -296,6 +306,7 @@ class FakeModelServer:
         """Bind a free port on 127.0.0.1 and serve in a background thread; returns ``self``."""
         if self._httpd is not None:
             raise RuntimeError("the fake model server is already running")
+        self._stopping.clear()
         httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         httpd.fake = self
         self._httpd = httpd
@@ -313,6 +324,7 @@ class FakeModelServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self._stopping.set()
         httpd.shutdown()
         httpd.close_connections()
         httpd.server_close()
@@ -354,10 +366,10 @@ class FakeModelServer:
         with self._lock:
             self.requests.append(request)
 
-    def _take_failure(self, model: str | None) -> _Failure | None:
+    def _take_failure(self, model: str | None, stream: bool, api: Api) -> _Failure | None:
         with self._lock:
             for failure in self._failures:
-                if failure.model is None or failure.model == model:
+                if failure.matches(model, stream, api):
                     failure.times -= 1
                     if failure.times == 0:
                         self._failures.remove(failure)
@@ -376,7 +388,7 @@ class FakeModelServer:
             model = self._models.get(name) if isinstance(name, str) else None
             known = sorted(self._models)
         if model is None:
-            raise _ApiError(
+            raise ApiError(
                 404,
                 f"model: {name} (this fake server knows: {', '.join(known) or 'no models'})",
             )
@@ -389,23 +401,23 @@ class FakeModelServer:
         try:
             text = model(messages)
         except ScriptExhausted as exc:
-            raise _ApiError(400, str(exc), headers={"x-should-retry": "false"}) from None
+            raise ApiError(400, str(exc), headers={"x-should-retry": "false"}) from None
         except Exception as exc:
             # Not retried by the SDKs: a failing reply function fails the same way again.
-            raise _ApiError(
+            raise ApiError(
                 500,
                 f"model {name!r} raised {type(exc).__name__}: {exc}",
                 headers={"x-should-retry": "false"},
             ) from None
         if not isinstance(text, str):
-            raise _ApiError(
+            raise ApiError(
                 500,
                 f"model {name!r} returned {type(text).__name__}, not str",
                 headers={"x-should-retry": "false"},
             )
         return text
 
-    def _cached_prefix(self, namespace: str, segments: list[_Segment], *, auto: bool) -> int:
+    def _cached_prefix(self, namespace: str, segments: list[Segment], *, auto: bool) -> int:
         """Characters of the prompt served from the simulated cache (and update the cache)."""
         if not segments:
             return 0
@@ -456,6 +468,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "rlm-kernel-fake-model-server"
     server: _HTTPServer
+    _fault: Fault | None = None  # how the reply to the current request is broken, if at all
+    _api: Api = "openai"
 
     def setup(self) -> None:
         super().setup()
@@ -475,7 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         api: Api = "anthropic" if "anthropic-version" in self.headers else "openai"
-        self._send_error(api, _ApiError(404, f"no such endpoint: GET {self.path}"))
+        self._send_error(api, ApiError(404, f"no such endpoint: GET {self.path}"))
 
     def do_POST(self) -> None:
         fake = self.server.fake
@@ -484,7 +498,7 @@ class _Handler(BaseHTTPRequestHandler):
         api = _ROUTES.get(path)
         if api is None:
             api = "anthropic" if "anthropic-version" in self.headers else "openai"
-            self._send_error(api, _ApiError(404, f"no such endpoint: POST {self.path}"))
+            self._send_error(api, ApiError(404, f"no such endpoint: POST {self.path}"))
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
@@ -504,21 +518,44 @@ class _Handler(BaseHTTPRequestHandler):
         fake._record(record)
         try:
             if not fake._authorized(headers):
-                raise _ApiError(401, _unauthorized_message(api, headers))
+                raise ApiError(401, unauthorized_message(api, headers))
             if not isinstance(body, dict):
-                raise _ApiError(400, "the request body is not a JSON object")
-            failure = fake._take_failure(record.model)
-            if failure is not None:
+                raise ApiError(400, "the request body is not a JSON object")
+            self._api = api
+            failure = fake._take_failure(record.model, stream, api)
+            self._fault = failure.fault if failure is not None else None
+            if failure is not None and failure.fault is None:
                 raise _injected(failure)
+            if self._fault == "reset":
+                self._reset()
+                return
+            if self._fault == "hang":
+                fake._stopping.wait(failure.seconds if failure is not None else None)
+                self._drop()
+                return
             if api == "anthropic":
                 self._anthropic(fake, body, record)
             else:
                 self._openai(fake, body, record)
-        except _ApiError as err:
+        except ApiError as err:
             record.status = err.status
             self._send_error(api, err)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _reset(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close the connection now, whatever was (not) sent."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+        self.server.track(self.connection, open_=False)
+        with contextlib.suppress(OSError):
+            self.connection.close()
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("content-length") or 0)
@@ -529,16 +566,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _anthropic(self, fake: FakeModelServer, body: dict, record: RecordedRequest) -> None:
         name = body.get("model")
         if not isinstance(name, str):
-            raise _ApiError(400, "model: Field required")
+            raise ApiError(400, "model: Field required")
         max_tokens = body.get("max_tokens")
         if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise _ApiError(400, "max_tokens: Field required (a positive integer)")
+            raise ApiError(400, "max_tokens: Field required (a positive integer)")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise _ApiError(400, "messages: at least one message is required")
-        segments, convo = _anthropic_prompt(body)
+            raise ApiError(400, "messages: at least one message is required")
+        segments, convo = anthropic_prompt(body)
         text = fake._reply(name, convo)
-        text, stop_reason = _truncate(text, max_tokens, "end_turn", "max_tokens")
+        text, stop_reason = truncate(text, max_tokens, "end_turn", "max_tokens")
+        if self._fault == "empty":
+            text = ""
+        if self._fault in ("empty", "no_finish"):
+            stop_reason = None
 
         total_chars = sum(s.chars for s in segments)
         marked = [i for i, s in enumerate(segments) if s.marked]
@@ -562,7 +603,7 @@ class _Handler(BaseHTTPRequestHandler):
             "type": "message",
             "role": "assistant",
             "model": name,
-            "content": [{"type": "text", "text": text}],
+            "content": [{"type": "text", "text": text}] if self._fault != "empty" else [],
             "stop_reason": stop_reason,
             "stop_sequence": None,
             "usage": usage,
@@ -570,21 +611,27 @@ class _Handler(BaseHTTPRequestHandler):
         request_id = f"req_{secrets.token_hex(12)}"
         record.status = 200  # before the reply: a client may look as soon as it has it
         if body.get("stream"):
-            self._send_sse(_anthropic_events(message), {"request-id": request_id})
+            events = [] if self._fault == "empty" else list(anthropic_events(message))
+            if self._fault == "no_finish":
+                events = events[:-2]  # without message_delta (the stop reason) and message_stop
+            self._send_sse(events, {"request-id": request_id})
         else:
             self._send_json(200, message, {"request-id": request_id})
 
     def _openai(self, fake: FakeModelServer, body: dict, record: RecordedRequest) -> None:
         name = body.get("model")
         if not isinstance(name, str):
-            raise _ApiError(400, "you must provide a model parameter")
+            raise ApiError(400, "you must provide a model parameter")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise _ApiError(400, "'messages' must be a non-empty array")
-        segments, convo = _openai_prompt(messages)
+            raise ApiError(400, "'messages' must be a non-empty array")
+        segments, convo = openai_prompt(messages)
         text = fake._reply(name, convo)
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
-        text, finish = _truncate(text, cap if isinstance(cap, int) else None, "stop", "length")
+        text, finish = truncate(text, cap if isinstance(cap, int) else None, "stop", "length")
+        if self._fault == "empty":
+            text = ""
+        no_finish = self._fault in ("empty", "no_finish")
 
         prompt = estimate_tokens(sum(s.chars for s in segments))
         cached_chars = fake._cached_prefix(f"openai\0{name}", segments, auto=True)
@@ -624,32 +671,50 @@ class _Handler(BaseHTTPRequestHandler):
                             "annotations": [],
                         },
                         "logprobs": None,
-                        "finish_reason": finish,
+                        "finish_reason": None if no_finish else finish,
                     }
-                ],
-                "usage": usage,
+                ]
+                if self._fault != "empty"
+                else [],
+                "usage": usage if self._fault != "no_usage" else None,
                 "service_tier": "default",
             }
             self._send_json(200, completion_obj, {"x-request-id": request_id})
             return
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        chunks = _openai_chunks(head, text, finish, usage if include_usage else None)
+        if self._fault == "no_usage":
+            include_usage = False
+        if self._fault == "empty":
+            chunks: list[bytes] = []
+        else:
+            chunks = list(
+                openai_chunks(
+                    head, text, None if no_finish else finish, usage if include_usage else None
+                )
+            )
         self._send_sse(chunks, {"x-request-id": request_id})
 
     # -- writing responses ---------------------------------------------------------------------
 
     def _send_json(self, status: int, obj: object, headers: Mapping[str, str]) -> None:
         data = json.dumps(obj).encode()
+        fault = self._fault if status == 200 else None
+        if fault == "malformed":
+            data = data[: len(data) // 2]  # a complete HTTP body that is not JSON
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
+        if fault == "cut":
+            self.wfile.write(data[: len(data) // 2])
+            self._drop()
+            return
         self.wfile.write(data)
 
-    def _send_sse(self, events: Iterator[bytes], headers: Mapping[str, str]) -> None:
+    def _send_sse(self, events: list[bytes], headers: Mapping[str, str]) -> None:
         # Chunked transfer keeps the connection alive after the stream, like the real services.
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -658,14 +723,26 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
-        for event in events:
+        half = len(events) // 2
+        if self._fault == "malformed":
+            events = [
+                *events[:half],
+                # Named like the events around it, so that the SDK reads it, as JSON.
+                (b"event: content_block_delta\n" if self._api == "anthropic" else b"")
+                + b'data: {"type": "content_block_delta", "ind\n\n',
+                *events[half:],
+            ]
+        for n, event in enumerate(events):
+            if self._fault == "cut" and n == half:
+                self._drop()  # mid-stream, without the chunked body's last chunk
+                return
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
         self.wfile.write(b"0\r\n\r\n")
 
-    def _send_error(self, api: Api, err: _ApiError) -> None:
+    def _send_error(self, api: Api, err: ApiError) -> None:
         request_id = f"req_{secrets.token_hex(12)}"
         if api == "anthropic":
-            error_type = err.error_type or _ANTHROPIC_ERROR_TYPES.get(err.status, "api_error")
+            error_type = err.error_type or ANTHROPIC_ERROR_TYPES.get(err.status, "api_error")
             body: dict = {
                 "type": "error",
                 "error": {"type": error_type, "message": err.message},
@@ -674,7 +751,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"request-id": request_id, **err.headers}
         else:
             default = "server_error" if err.status >= 500 else "invalid_request_error"
-            error_type, code = _OPENAI_ERROR_TYPES.get(err.status, (default, None))
+            error_type, code = OPENAI_ERROR_TYPES.get(err.status, (default, None))
             body = {
                 "error": {
                     "message": err.message,
@@ -690,172 +767,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-# -- prompt parsing ----------------------------------------------------------------------------
-
-
-def _text_of(content: Any) -> str:
-    """The text of a message content: a string, or the text blocks of a block list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return "" if content is None else str(content)
-
-
-def _block_segment(role: str, block: Any) -> _Segment:
-    if isinstance(block, dict) and block.get("type") == "text":
-        text = str(block.get("text", ""))
-    else:
-        # Images, tool results and the like count by the size of their JSON.
-        text = json.dumps(block, sort_keys=True)
-    marked = isinstance(block, dict) and bool(block.get("cache_control"))
-    return _Segment(role, text, marked)
-
-
-def _anthropic_prompt(body: dict) -> tuple[list[_Segment], list[dict]]:
-    """The prompt as ordered segments (for usage and caching) and as plain messages."""
-    segments: list[_Segment] = []
-    convo: list[dict] = []
-    system = body.get("system")
-    if isinstance(system, str) and system:
-        segments.append(_Segment("system", system))
-    elif isinstance(system, list):
-        segments.extend(_block_segment("system", b) for b in system)
-    if system:
-        convo.append({"role": "system", "content": _text_of(system)})
-    for message in body.get("messages") or []:
-        if not isinstance(message, dict):
-            raise _ApiError(400, "messages: each message is an object with role and content")
-        role = str(message.get("role"))
-        content = message.get("content")
-        if isinstance(content, list):
-            segments.extend(_block_segment(role, b) for b in content)
-        else:
-            segments.append(_Segment(role, _text_of(content)))
-        convo.append({"role": role, "content": _text_of(content)})
-    if body.get("cache_control") and segments:
-        # Request-level cache_control caches up to the last block, like automatic caching.
-        segments[-1].marked = True
-    return segments, convo
-
-
-def _openai_prompt(messages: list) -> tuple[list[_Segment], list[dict]]:
-    segments: list[_Segment] = []
-    convo: list[dict] = []
-    for message in messages:
-        if not isinstance(message, dict):
-            raise _ApiError(400, "each message must be an object with role and content")
-        role = str(message.get("role"))
-        role = "system" if role == "developer" else role
-        text = _text_of(message.get("content"))
-        segments.append(_Segment(role, text))
-        convo.append({"role": role, "content": text})
-    return segments, convo
-
-
-def _truncate(text: str, max_tokens: int | None, done: str, cut: str) -> tuple[str, str]:
-    if max_tokens is not None and estimate_tokens(len(text)) > max_tokens:
-        return text[: max_tokens * 4], cut
-    return text, done
-
-
-def _pieces(text: str) -> list[str]:
-    size = max(1, math.ceil(len(text) / _STREAM_PIECES))
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-# -- streaming ---------------------------------------------------------------------------------
-
-
-def _sse(event: str | None, data: object) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data)
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n".encode()
-
-
-def _anthropic_events(message: dict) -> Iterator[bytes]:
-    """The SSE events of a streamed Messages API reply, in the order the real API sends them."""
-    usage = message["usage"]
-    start_usage = {**usage, "output_tokens": min(1, usage["output_tokens"])}
-    yield _sse(
-        "message_start",
-        {
-            "type": "message_start",
-            "message": {
-                **message,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": start_usage,
-            },
-        },
-    )
-    yield _sse(
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-    )
-    yield _sse("ping", {"type": "ping"})
-    for piece in _pieces(message["content"][0]["text"]):
-        yield _sse(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": piece},
-            },
-        )
-    yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield _sse(
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-            "usage": {
-                "input_tokens": usage["input_tokens"],
-                "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
-                "cache_read_input_tokens": usage["cache_read_input_tokens"],
-                "output_tokens": usage["output_tokens"],
-            },
-        },
-    )
-    yield _sse("message_stop", {"type": "message_stop"})
-
-
-def _openai_chunks(head: dict, text: str, finish: str, usage: dict | None) -> Iterator[bytes]:
-    """The SSE chunks of a streamed Chat Completions reply, ending with ``[DONE]``."""
-    base = {**head, "object": "chat.completion.chunk"}
-    if usage is not None:
-        base["usage"] = None
-
-    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return _sse(None, {**base, "choices": [choice]})
-
-    yield chunk({"role": "assistant", "content": "", "refusal": None})
-    for piece in _pieces(text):
-        yield chunk({"content": piece})
-    yield chunk({}, finish)
-    if usage is not None:
-        yield _sse(None, {**base, "choices": [], "usage": usage})
-    yield _sse(None, "[DONE]")
-
-
-# -- errors ------------------------------------------------------------------------------------
-
-
-def _unauthorized_message(api: Api, headers: Mapping[str, str]) -> str:
-    # Never echo the key that was sent: error messages end up in logs and notebooks.
-    sent = "x-api-key" in headers or "authorization" in headers
-    if api == "anthropic":
-        return "invalid x-api-key" if sent else "x-api-key header is required"
-    if sent:
-        return "Incorrect API key provided. This fake server expects the key it was created with."
-    return "You didn't provide an API key."
-
-
-def _injected(failure: _Failure) -> _ApiError:
+def _injected(failure: _Failure) -> ApiError:
     headers: dict[str, str] = {}
     if failure.retry_after is not None:
         headers["retry-after"] = str(math.ceil(failure.retry_after))
@@ -864,5 +776,5 @@ def _injected(failure: _Failure) -> _ApiError:
         phrase = HTTPStatus(failure.status).phrase
     except ValueError:
         phrase = "Error"
-    default = _DEFAULT_MESSAGES.get(failure.status, phrase)
-    return _ApiError(failure.status, failure.message or default, headers=headers)
+    default = DEFAULT_MESSAGES.get(failure.status, phrase)
+    return ApiError(failure.status, failure.message or default, headers=headers)
