@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import html
 import json
 import os
 import pathlib
 import re
-import textwrap
+import unicodedata
 from importlib import resources
 from typing import Any
 
 import nbformat
 
-from .errors import OutputPathError
+from .errors import NotebookFormatError, OutputPathError
 from .llm import pricing
 from .record import RunNotebook, StepRecord, SubcallRecord, from_notebook, read
 from .record.format import prose_without_markers
@@ -35,6 +36,9 @@ from .types import Usage
 
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif")
 PREVIEW_CHARS = 2_000  # of the context preview and the system prompt on the start page
+MAX_TREE_RUNS = 500  # runs in one HTML page; the rest are listed as not included
+MIN_WIDTH = 30  # of the terminal summary
+LABEL = 10  # columns of the summary's labels ("question  ")
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # Control characters a terminal would act on; tab and newline are kept where text keeps lines.
@@ -225,20 +229,31 @@ def summarize(path: str | os.PathLike[str], *, width: int = 100) -> str:
 
 
 def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
-    """The terminal summary of :func:`trajectory` data (see :func:`summarize`)."""
+    """The terminal summary of :func:`trajectory` data (see :func:`summarize`).
+
+    No line is wider than ``width`` terminal columns (at least :data:`MIN_WIDTH`): the run's
+    facts wrap under their label, the step table's rows and previews are cut with ``…``.
+    """
+    width = max(width, MIN_WIDTH)
     s = data["summary"]
     status = f"{s['status']}" + (f" ({s['stop_reason']})" if s["stop_reason"] else "")
     tokens = s["tokens"]
     duration = "—" if s["duration_s"] is None else f"{s['duration_s']:.1f} s"
+    models = s["models"]
     lines = [
-        _fit(f"RLM run {s['run_id']} · {status}", width),
+        *_facts("", [f"RLM run {s['run_id']}", status], width, indent=0),
         *_field("question", s["question"], width, max_lines=4),
         *_field("answer", "—" if s["answer"] is None else str(s["answer"]), width, max_lines=8),
-        _fit(f"models    root {s['models']['root']} · sub {s['models']['sub']}", width),
-        _fit(
-            f"totals    {s['steps']} steps · {s['subcalls']} sub-calls · "
-            f"{tokens['total']:,} tokens (root {tokens['root']:,} · sub {tokens['sub']:,}) · "
-            f"{cost_text(s['cost_usd'])} · {duration}",
+        *_facts("models", [f"root {models['root']}", f"sub {models['sub']}"], width),
+        *_facts(
+            "totals",
+            [
+                _count(s["steps"], "step"),
+                _count(s["subcalls"], "sub-call"),
+                f"{tokens['total']:,} tokens (root {tokens['root']:,} · sub {tokens['sub']:,})",
+                cost_text(s["cost_usd"]),
+                duration,
+            ],
             width,
         ),
     ]
@@ -246,7 +261,9 @@ def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
         lines += _field("error", str(s["error"]), width, max_lines=3)
     if isinstance(s["parent"], dict):
         parent = s["parent"]
-        lines.append(_fit(f"parent    {parent.get('notebook')} step {parent.get('step')}", width))
+        lines += _facts(
+            "parent", [str(parent.get("notebook")), f"step {parent.get('step')}"], width
+        )
     lines += ["", "step  blocks  exec          sub-calls  latency  model"]
     for step in data["steps"]:
         cells = step["cells"]
@@ -257,42 +274,120 @@ def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
         latency = "—" if step["latency_s"] is None else f"{step['latency_s']:.2f}s"
         first = next((ln.strip() for ln in step["text"].splitlines() if ln.strip()), "")
         calls = sum(len(c["subcalls"]) for c in cells)
-        row = (
+        lines.append(
             f"{step['step']:>4}  {len(cells):>6}  {exec_text:<12}  {calls:>9}  {latency:>7}  "
             f"{_one_line(first)}"
         )
-        lines.append(_fit(row, width))
     if not data["steps"]:
         lines.append("   —  no steps recorded")
     if s.get("children"):
         lines += ["", "child runs"]
-        for child in s["children"]:
-            indent = "  " * (int(child.get("depth") or 2) - 1)
-            row = (
-                f"{indent}{child.get('notebook')} · {child.get('status')} · "
-                f"{child.get('steps')} steps · {int(child.get('tokens') or 0):,} tokens · "
-                f"{cost_text(child.get('cost_usd'))} · {_one_line(str(child.get('question')))}"
-            )
-            lines.append(_fit(row, width))
-    return "\n".join(lines) + "\n"
+        for child in sorted(s["children"], key=lambda c: _natural(str(c.get("notebook")))):
+            indent = 2 * max(int(child.get("depth") or 2) - int(s.get("depth") or 1), 1)
+            parts = [
+                str(child.get("notebook")),
+                str(child.get("status")),
+                _count(int(child.get("steps") or 0), "step"),
+                f"{int(child.get('tokens') or 0):,} tokens",
+                cost_text(child.get("cost_usd")),
+                _one_line(str(child.get("question"))),
+            ]
+            lines += _facts(" " * indent, parts, width, indent=indent, hang=indent + 4)
+    return "\n".join(_fit(line, width) for line in lines) + "\n"
 
 
 def _field(name: str, text: str, width: int, *, max_lines: int) -> list[str]:
     body = []
     for line in text.splitlines() or [""]:
-        line = _CONTROL.sub("", _ANSI.sub("", line)).rstrip()
-        body += textwrap.wrap(line, max(width - 10, 20)) or [""]
+        line = _CONTROL.sub("", _ANSI.sub("", line.expandtabs())).rstrip()
+        body += _wrap(line, width - LABEL)
     if len(body) > max_lines:
         body = [*body[: max_lines - 1], f"… ({len(body) - max_lines + 1} more lines)"]
-    return [_fit(f"{name if i == 0 else '':<10}{ln}", width) for i, ln in enumerate(body)]
+    return [f"{name if i == 0 else '':<{LABEL}}{ln}" for i, ln in enumerate(body)]
+
+
+def _facts(
+    label: str, parts: list[str], width: int, *, indent: int = LABEL, hang: int | None = None
+) -> list[str]:
+    """``label`` then ``parts`` joined by `` · ``, wrapped between parts.
+
+    Continued lines start ``hang`` columns in (default: ``indent``, under the first part). A
+    part too wide for a line of its own is cut later, by :func:`_fit`.
+    """
+    pad = " " * (indent if hang is None else hang)
+    lines: list[str] = []
+    line, empty = f"{label:<{indent}}", True
+    for part in (_one_line(p) for p in parts):
+        joined = line + part if empty else f"{line} · {part}"
+        if empty or _cols(joined) <= width:
+            line = joined
+        else:
+            lines.append(line)
+            line = pad + part
+        empty = False
+    return [*lines, line]
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` wrapped at spaces into lines of at most ``width`` columns (long words cut)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        while _cols(word) > width:  # a word longer than a line is split across lines
+            if line:
+                lines.append(line)
+                line = ""
+            head = _cut(word, width) or word[0]
+            lines.append(head)
+            word = word[len(head) :]
+        joined = f"{line} {word}" if line else word
+        if _cols(joined) <= width:
+            line = joined
+        else:
+            lines.append(line)
+            line = word
+    return [*lines, line]
 
 
 def _one_line(text: str) -> str:
     return " ".join(_CONTROL.sub(" ", _ANSI.sub("", text)).split())
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _natural(text: str) -> list[Any]:
+    # "1.1-10" after "1.1-9", and a run's children right after it ("a" < "a.children/…").
+    stem = text.removesuffix(".ipynb")
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", stem) if p]
+
+
+def _cols(text: str) -> int:
+    """How many terminal columns ``text`` takes (wide characters take two, combining none)."""
+    return sum(_char_cols(ch) for ch in text)
+
+
+def _char_cols(ch: str) -> int:
+    if ch.isascii():
+        return 1
+    if unicodedata.combining(ch) or unicodedata.category(ch) == "Cf":
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _cut(text: str, width: int) -> str:
+    """The longest start of ``text`` that fits in ``width`` columns."""
+    used = 0
+    for i, ch in enumerate(text):
+        used += _char_cols(ch)
+        if used > width:
+            return text[:i]
+    return text
+
+
 def _fit(line: str, width: int) -> str:
-    return line if len(line) <= width else line[: max(width - 1, 1)] + "…"
+    return line if _cols(line) <= width else _cut(line, max(width - 1, 1)) + "…"
 
 
 def cost_text(value: float | None) -> str:
@@ -300,14 +395,111 @@ def cost_text(value: float | None) -> str:
     return "cost unknown" if value is None else f"${value:.4f}"
 
 
+# -- run trees ----------------------------------------------------------------------------------
+
+
+def run_tree(run: RunNotebook, *, limit: int = MAX_TREE_RUNS) -> dict[str, Any]:
+    """Every run of the tree under ``run`` as :func:`trajectory` data, linked both ways.
+
+    The tree is followed through each sub-call's ``child`` link; a notebook the root's summary
+    lists but no link reaches (its parent is missing) is added too. A child notebook that cannot
+    be read is kept as a *missing* run: what its parent recorded of it, and why it is missing.
+
+    Args:
+        run: the tree's top notebook (usually the root), as :func:`rlm_kernel.record.read`
+            returns it; children are found relative to ``run.path``.
+        limit: the most runs to read; the rest are kept as missing runs.
+
+    Returns:
+        ``{"root": KEY, "order": [KEY, ...], "runs": {KEY: run}}``. A run's key is its
+        notebook's path relative to the top notebook's folder (``/``-separated); ``order`` is
+        the tree in depth-first order. Each run is :func:`trajectory` data plus ``key``,
+        ``parent_key`` (``None`` for the top) and ``missing`` (``None``, or why it is missing),
+        and each sub-call that started a child has ``child_key``. A missing run has only
+        ``summary`` (what is known of it) and no steps.
+    """
+    base = run.path.parent.resolve()
+    nodes: dict[str, dict[str, Any]] = {}
+    kids: dict[str | None, list[str]] = {}
+
+    def key_of(path: pathlib.Path) -> str:
+        return pathlib.Path(os.path.relpath(path.resolve(), base)).as_posix()
+
+    listed = {key_of(base / c.notebook): c for c in run.run.children}
+    root_key = key_of(run.path)
+
+    def add(key: str, parent: str | None, node: dict[str, Any]) -> None:
+        node.update(key=key, parent_key=parent)
+        nodes[key] = node
+        kids.setdefault(parent, []).append(key)
+
+    def visit(nb: RunNotebook, key: str, parent: str | None) -> None:
+        data = trajectory(nb)
+        add(key, parent, {**data, "missing": None})
+        subcalls = {
+            (st["step"], c["block"], sc["id"]): sc
+            for st in data["steps"]
+            for c in st["cells"]
+            for sc in c["subcalls"]
+        }
+        for cell, sub, path in nb.children():
+            child_key = key_of(path)
+            subcalls[(cell.step, cell.block, sub.id)]["child_key"] = child_key
+            if child_key in nodes:  # a second link to the same notebook: shown once
+                continue
+            known = {
+                "question": sub.prompt_preview,
+                "answer": sub.response,
+                "depth": nb.run.depth + 1,
+                "parent": {"step": cell.step, "block": cell.block, "subcall": sub.id},
+            }
+            follow(path, child_key, key, known)
+
+    def follow(path: pathlib.Path, key: str, parent: str | None, known: dict[str, Any]) -> None:
+        if len(nodes) >= limit:
+            reason = f"not included: this page holds at most {_count(limit, 'run')}"
+        else:
+            try:
+                child = read(path)
+            except NotebookFormatError as e:
+                reason = str(e)
+            else:
+                visit(child, key, parent)
+                return
+        summary = dict(known)
+        if key in listed:
+            summary.update(listed[key].to_metadata())
+        add(key, parent, {"missing": reason, "summary": {**summary, "notebook": key}})
+
+    visit(run, root_key, None)
+    for key in sorted(set(listed) - set(nodes), key=_natural):
+        if key in nodes:  # reached meanwhile, under a notebook listed before it
+            continue
+        parent = root_key  # a run whose parent is missing hangs under the top of the tree
+        if (base / key).is_file():
+            with contextlib.suppress(NotebookFormatError):
+                found = read(base / key).parent_path()
+                if found is not None and key_of(found) in nodes:
+                    parent = key_of(found)
+        follow(base / key, key, parent, {})
+    order: list[str] = []
+    stack = [root_key]
+    while stack:
+        key = stack.pop()
+        order.append(key)
+        stack.extend(reversed(kids.get(key, [])))
+    return {"root": root_key, "order": order, "runs": nodes}
+
+
 # -- HTML ----------------------------------------------------------------------------------------
 
 
 def export_html(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> pathlib.Path:
-    """Write the run notebook at ``path`` as one self-contained, offline HTML file.
+    """Write the run notebook at ``path``, with its tree of child runs, as one offline HTML file.
 
     Raises:
-        NotebookFormatError: ``path`` is not a readable run notebook.
+        NotebookFormatError: ``path`` is not a readable run notebook (a child that is not is
+            shown as missing).
         OutputPathError: ``out`` cannot be written.
     """
     page = html_page(read(path))
@@ -320,12 +512,17 @@ def export_html(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> pa
 
 
 def html_page(nb: RunNotebook | nbformat.NotebookNode) -> str:
-    """The offline HTML viewer of a run notebook, as one string.
+    """The offline HTML viewer of a run notebook and its child runs, as one string.
 
-    The run goes in as JSON in a ``<script type="application/json">`` element with ``<``, ``>``
-    and ``&`` written as JSON escapes, so no text in it can close the element.
+    The runs go in as JSON (see :func:`run_tree`) in a ``<script type="application/json">``
+    element with ``<``, ``>`` and ``&`` written as JSON escapes, so no text in it can close the
+    element. A loaded notebook without a path has its children shown as missing.
     """
-    data = trajectory(nb)
+    if isinstance(nb, RunNotebook):
+        tree = run_tree(nb)
+    else:
+        tree = run_tree(from_notebook(nb, "run.ipynb"), limit=1)
+    data = tree["runs"][tree["root"]]
     script = _asset("viewer.js")
     style = _asset("viewer.css")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
@@ -342,7 +539,7 @@ def html_page(nb: RunNotebook | nbformat.NotebookNode) -> str:
         title=html.escape(title),
         style=style,
         summary=summary_html(data),
-        data=_script_json(data),
+        data=_script_json(tree),
         script=script,
     )
 
@@ -402,6 +599,7 @@ _PAGE = """<!DOCTYPE html>
 </head>
 <body>
 <header id="summary">{summary}</header>
+<nav id="runs" aria-label="run tree"></nav>
 <nav id="controls" aria-label="steps">
 <button type="button" id="prev" title="previous step (←)">◀ Prev</button>
 <button type="button" id="play" title="play / pause (space)">▶ Play</button>
