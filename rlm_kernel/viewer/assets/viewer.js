@@ -66,20 +66,20 @@
 
   function subcalls(list) {
     var box = el("details", "subcalls");
-    box.open = list.length <= 3;
+    box.open = list.length <= 3 || list.some(function (s) { return s.child; });
     add(box, el("summary", null, list.length + " sub-call" + (list.length === 1 ? "" : "s")));
     list.forEach(function (s) {
       var item = el("div", "sub" + (s.error ? " failed" : ""));
       add(item, el("div", "subhead", "#" + s.id + " " + s.kind + " · " + s.model + " · " +
-        secs(s.latency_s) + " · " + num(s.tokens) + " tokens" +
+        secs(s.latency_s) + (s.child ? "" : " · " + num(s.tokens) + " tokens") +
         (s.cost_usd === null || s.cost_usd === undefined ? "" : " · " + cost(s.cost_usd))));
       add(item, el("pre", "prompt", s.prompt_preview +
         (s.prompt_chars > s.prompt_preview.length ? " … (" + num(s.prompt_chars) + " chars)" : "")));
       add(item, el("pre", "response", s.error ? "error: " + s.error : s.response));
-      if (s.child_key && tree.runs[s.child_key]) {
-        var child = tree.runs[s.child_key];
-        add(item, button("open-child" + (child.missing ? " missing" : ""), (child.missing ? "child run missing: " : "open child run: ") +
-          s.child, function () { pause(); open(s.child_key, child.steps && child.steps.length ? 1 : 0); }));
+      var child = s.child_key && tree.runs[s.child_key];
+      if (child) {
+        add(item, button("open-child" + (child.missing ? " missing" : ""), "child run " +
+          (child.missing ? "missing: " : "") + s.child, function () { go(s.child_key, 1); }));
       } else if (s.child) add(item, el("div", "child", "child run: " + s.child));
       box.appendChild(item);
     });
@@ -123,7 +123,8 @@
     add(box, el("h2", null, "Missing child run"));
     add(box, el("p", "meta", "notebook " + m.notebook + ": " + run.missing));
     if (m.answer !== undefined && m.answer !== null) {
-      add(box, el("p", "meta", "its answer, as its parent recorded it:"), el("pre", "out", m.answer));
+      add(box, el("p", "meta", "its answer, as its parent recorded it:"),
+        el("pre", "out", m.answer));
     }
     return box;
   }
@@ -133,7 +134,8 @@
     var answer = s.answer === null || s.answer === undefined;
     add(box, el("h1", null, run.missing ? "Missing run " + s.notebook : "RLM run " + s.run_id),
       el("p", "question", s.question || ""),
-      el("p", answer ? "answer none" : "answer", answer ? "The run ended without an answer." : s.answer));
+      el("p", answer ? "answer none" : "answer",
+        answer ? "The run ended without an answer." : s.answer));
     if (run.missing) return box.appendChild(facts);
     [["status", s.status + (s.stop_reason ? " (" + s.stop_reason + ")" : "")],
       ["models", "root " + s.models.root + " · sub " + s.models.sub], ["steps", s.steps],
@@ -156,8 +158,8 @@
     path.forEach(function (k, i) {
       if (i) trail.appendChild(document.createTextNode(" › "));
       var label = i ? k.split("/").pop() : "root";
-      add(trail, k === run.key ? el("strong", null, label) : button("crumb", label, function () {
-        pause(); open(k, backTo(k)); }));
+      add(trail, k === run.key ? el("strong", null, label) :
+        button("crumb", label, function () { go(k, backTo(k)); }));
     });
     var list = el("details", "tree"), parent = run.parent_key;
     list.open = true;
@@ -166,15 +168,15 @@
       var r = tree.runs[k], s = r.summary, top = tree.runs[tree.root].summary.depth || 1;
       var b = button("run" + (k === run.key ? " current" : "") + (r.missing ? " missing" : ""),
         (s.question || k) + " · " + (r.missing ? "missing" : s.status + " · " +
-        plural(s.steps || 0, "step") + " · " + cost(s.cost_usd)),
-        function () { pause(); open(k, r.steps && r.steps.length ? 1 : 0); });
+        plural(s.steps || 0, "step") + " · " + cost(s.cost_usd)), function () { go(k, 1); });
       b.setAttribute("data-key", k);
       b.title = k;
       b.style.marginLeft = 1.5 * ((s.depth || top) - top) + "em";
       list.appendChild(b);
     });
-    if (parent !== null) add(nav, button("parent", "◀ parent run", function () {
-      pause(); open(parent, backTo(parent)); }));
+    if (parent !== null) {
+      add(nav, button("parent", "◀ parent run", function () { go(parent, backTo(parent)); }));
+    }
     add(nav, trail, list);
   }
 
@@ -186,6 +188,7 @@
     return link && link.step ? link.step : 1;
   }
 
+  function go(key, k) { pause(); open(key, k); }
   function open(key, k) {
     run = tree.runs[key];
     steps = run.steps || [];
@@ -200,16 +203,16 @@
   function show(k) {
     pos = Math.max(0, Math.min(last, k));
     slider.value = String(pos);
-    clear(main).appendChild(run.missing ? missingPage() : pos === 0 ? startPage() : stepPage(steps[pos - 1]));
+    clear(main).appendChild(run.missing ? missingPage() : pos ? stepPage(steps[pos - 1]) : startPage());
     main.setAttribute("data-step", String(pos));
-    $("position").textContent = pos === 0 ? (run.missing ? "missing" : "start") : "step " + pos + " / " + last;
+    $("position").textContent = pos ? "step " + pos + " / " + last : run.missing ? "missing" : "start";
     var s = pos ? steps[pos - 1] : null;
     $("totals").textContent = s ? "so far: " + num(s.cum_tokens) + " tokens · " +
       cost(s.cum_cost_usd) : "";
     $("prev").disabled = pos === 0;
     $("next").disabled = pos === last;
-    var where = (run.key === tree.root ? "" : "run=" + encodeURIComponent(run.key) + "&") + "step=" + pos;
-    if (history.replaceState) history.replaceState(null, "", "#" + where);
+    var at = run.key === tree.root ? "" : "run=" + encodeURIComponent(run.key) + "&";
+    if (history.replaceState) history.replaceState(null, "", "#" + at + "step=" + pos);
   }
 
   function pause() {
@@ -237,9 +240,9 @@
     pause();
     show(to);
   });
-  var wanted = /^#(?:run=([^&]*)&)?step=(\d+)$/.exec(location.hash);
-  var key = wanted && wanted[1] ? decodeURIComponent(wanted[1]) : tree.root;
-  if (!tree.runs.hasOwnProperty(key)) key = tree.root;
-  var first = tree.runs[key].steps && tree.runs[key].steps.length ? 1 : 0;
-  open(key, wanted ? Number(wanted[2]) : first);
+  // #step=K opens step K of the top run, #run=KEY&step=K step K of a run of the tree.
+  var wanted = /^#(?:run=([^&]*)&)?step=(\d+)$/.exec(location.hash), key = tree.root;
+  try { key = wanted && wanted[1] ? decodeURIComponent(wanted[1]) : key; } catch (e) { /* kept */ }
+  if (!Object.prototype.hasOwnProperty.call(tree.runs, key)) key = tree.root;
+  open(key, wanted ? Number(wanted[2]) : 1);
 })();
