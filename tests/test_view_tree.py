@@ -160,4 +160,3 @@ def test_widget_shows_a_missing_child(broken_tree):
     assert v.open_child(first.relative_to(root.parent).as_posix()) is None
     note = v.child_area.children[-1]
     assert isinstance(note, w.HTML) and "is missing" in note.value
-
