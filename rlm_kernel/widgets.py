@@ -3,8 +3,9 @@
 A :class:`RunViewer` holds one pre-rendered page per position (the start, then each step) in a
 ``Stack``. A ``Play`` widget and an ``IntSlider`` drive the stack's ``selected_index`` through
 front-end links (``jslink``), so stepping keeps working where no kernel is running: a notebook
-saved with its widget state, nbviewer, an exported page. Only opening a child run needs the
-kernel; without one, the child's notebook path is still shown.
+saved with its widget state, nbviewer, an exported page. A sub-call that started a child run
+has a button that opens the child's own :class:`RunViewer` below the parent's (so a tree opens
+level by level); that needs the kernel, and without one the child's notebook path is still shown.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the installed 
     ) from e
 
 from . import viewer
+from .errors import NotebookFormatError
 from .record import read
 
 PLAY_INTERVAL_MS = 1200
@@ -47,7 +49,12 @@ class RunViewer(w.VBox):
         slider: the ``IntSlider`` choosing the position, linked to :attr:`pages`.
         pages: the ``Stack`` with one child per position (``len(steps) + 1`` children).
         links: the two front-end links, Play → slider and slider → ``pages.selected_index``.
-        child_area: where child runs open when their button is clicked (needs a kernel).
+        child_buttons: the button of each child run, by its notebook path relative to
+            :attr:`path`.
+        child_area: a ``VBox`` where a child run opens when its button is clicked (needs a
+            kernel): a close button, then the child's :class:`RunViewer`, or a note saying why
+            its notebook cannot be read.
+        child: the child run's viewer open in :attr:`child_area`, or ``None``.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -67,7 +74,9 @@ class RunViewer(w.VBox):
         self.slider = w.IntSlider(
             value=first, min=0, max=last, step=1, description="step", continuous_update=True
         )
-        self.child_area = w.Output()
+        self.child_area = w.VBox()
+        self.child: RunViewer | None = None
+        self.child_buttons: dict[str, w.Button] = {}
         pages = [w.HTML(_start_html(data["start"]))]
         pages += [self._step_page(step) for step in steps]
         self.pages = w.Stack(children=pages, selected_index=first)
@@ -95,16 +104,38 @@ class RunViewer(w.VBox):
             icon="external-link",
             layout=w.Layout(width="auto"),
         )
-
-        def open_child(_: w.Button) -> None:
-            self.child_area.clear_output()
-            with self.child_area:
-                from IPython.display import display
-
-                display(RunViewer(target))
-
-        button.on_click(open_child)
+        button.on_click(lambda _: self.open_child(child))
+        self.child_buttons[child] = button
         return button
+
+    def open_child(self, child: str) -> RunViewer | None:
+        """Open the child run ``child`` (its path relative to :attr:`path`) below this run.
+
+        Returns:
+            The child's viewer, or ``None`` when its notebook cannot be read (the viewer then
+            says why in :attr:`child_area` instead).
+        """
+        target = self.path.parent / child
+        close = w.Button(description="close child run", icon="times", layout=w.Layout(width="auto"))
+        close.on_click(lambda _: self.close_child())
+        try:
+            self.child = RunViewer(target)
+        except NotebookFormatError as e:
+            self.child = None
+            body: w.Widget = w.HTML(
+                f"<p style='color:#82071e'>child run {html.escape(child)} is missing: "
+                f"{html.escape(str(e))}</p>"
+            )
+        else:
+            body = self.child
+        title = w.HTML(f"<h3>child run {html.escape(child)}</h3>")
+        self.child_area.children = [w.HBox([title, close]), body]
+        return self.child
+
+    def close_child(self) -> None:
+        """Close the child run open below this run, back to this run alone."""
+        self.child = None
+        self.child_area.children = []
 
 
 def view(path: str | os.PathLike[str]) -> RunViewer:

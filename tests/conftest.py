@@ -25,3 +25,11 @@ def clean_environ(tmp_path_factory, monkeypatch):
     # Stable traceback file names in kernel outputs.
     monkeypatch.setenv("IPYKERNEL_CELL_NAME", "<cell>")
     yield
+
+
+@pytest.fixture(scope="session")
+def recorded_tree(tmp_path_factory):
+    """The root notebook of a recorded run tree (see ``trees.py``); copy it before changing it."""
+    from trees import record_tree
+
+    return record_tree(tmp_path_factory.mktemp("run-tree"))

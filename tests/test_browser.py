@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from test_view import record_run
 
 from rlm_kernel import viewer
+from rlm_kernel.record import read
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +54,8 @@ def browser():
             b.close()
 
 
-@pytest.fixture
-def page(browser, html_file):
+@contextlib.contextmanager
+def offline_page(browser, html_file: Path, fragment: str = ""):
     """The exported page with networking off; records requests, dialogs and console errors."""
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     context.set_offline(True)
@@ -74,16 +76,22 @@ def page(browser, html_file):
     pg.on("pageerror", lambda e: seen["errors"].append(str(e)))
     pg.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
     seen["sandboxed"] = sandboxed = []  # scripts of HTML outputs, stopped by the frame sandbox
-    pg.goto(page_url)
+    pg.goto(page_url + fragment)
     pg.seen = seen
     yield pg
     # Nothing left the page: no network request, no script from the run, no CSP violation.
-    others = [u for u in seen["requests"] if u != page_url and not u.startswith("data:")]
-    assert others == [] and seen["blocked"] == []
+    others = [u for u in seen["requests"] if u.split("#")[0] != page_url]
+    assert [u for u in others if not u.startswith("data:")] == [] and seen["blocked"] == []
     assert seen["dialogs"] == []
     sandboxed += [e for e in seen["errors"] if "frame is sandboxed" in e]
     assert [e for e in seen["errors"] if e not in sandboxed] == []
     context.close()
+
+
+@pytest.fixture
+def page(browser, html_file):
+    with offline_page(browser, html_file) as pg:
+        yield pg
 
 
 def shown(pg) -> str:
@@ -147,3 +155,87 @@ def test_deep_link_opens_a_step(browser, html_file):
     pg.goto(html_file.as_uri() + "#step=2")
     assert shown(pg) == "2"
     context.close()
+
+
+# -- run trees -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tree_html(recorded_tree) -> Path:
+    return viewer.export_html(recorded_tree, recorded_tree.with_suffix(".html"))
+
+
+def on_run(pg, key: str, step: str) -> None:
+    sync_api.expect(pg.locator("#step")).to_have_attribute("data-run", key, timeout=5000)
+    assert shown(pg) == step
+
+
+def shows_run(pg, path: Path) -> None:
+    run = read(path).run
+    assert pg.locator("#summary .question").text_content() == run.question
+    assert pg.locator("#summary .answer").text_content() == str(run.answer)
+
+
+def test_the_page_of_a_root_opens_every_child_and_goes_back(browser, tree_html, recorded_tree):
+    root = recorded_tree
+    key = lambda p: p.resolve().relative_to(root.parent.resolve()).as_posix()  # noqa: E731
+    children = read(root).children()
+    assert len(children) == 4
+    with offline_page(browser, tree_html) as pg:
+        on_run(pg, "root.ipynb", "1")
+        shows_run(pg, root)
+        assert pg.locator("#runs .tree button.run").count() == 6
+        assert pg.locator("#runs .parent").count() == 0
+        for i, (cell, _sub, path) in enumerate(children):
+            pg.locator("#step .open-child").nth(i).click()
+            on_run(pg, key(path), "1")
+            shows_run(pg, path)
+            assert pg.locator("#runs .tree button.current").get_attribute("data-key") == key(path)
+            grandchildren = read(path).children()
+            for j, (_c, _s, deeper) in enumerate(grandchildren):
+                pg.locator("#step .open-child").nth(j).click()
+                on_run(pg, key(deeper), "1")
+                shows_run(pg, deeper)
+                assert "grandchild" in pg.locator("#summary .question").text_content()
+                assert pg.locator("#runs .trail button").count() == 2  # root › child › here
+                pg.screenshot(path=ARTIFACTS / "viewer-grandchild.png", full_page=True)
+                pg.click("#runs .parent")
+                on_run(pg, key(path), "1")
+            # Back to the root, at the step whose code started this child.
+            pg.click("#runs .parent")
+            on_run(pg, "root.ipynb", str(cell.step))
+            shows_run(pg, root)
+        assert sum(len(read(p).children()) for _c, _s, p in children) == 1
+
+        # The tree's list opens any run; a link opens a run of the tree at a step.
+        for button in pg.locator("#runs .tree button.run").all():
+            target = button.get_attribute("data-key")
+            button.click()
+            on_run(pg, target, "1")
+            shows_run(pg, root.parent / target)
+    (_c, _s, first), *_ = children
+    (_c, _s, deeper), *_ = read(first).children()
+    with offline_page(browser, tree_html, f"#run={key(deeper)}&step=1") as pg:
+        on_run(pg, key(deeper), "1")
+        shows_run(pg, deeper)
+
+
+def test_a_missing_child_is_shown_as_missing(browser, recorded_tree, tmp_path):
+    shutil.copytree(recorded_tree.parent, tmp_path, dirs_exist_ok=True)
+    root = tmp_path / recorded_tree.name
+    _cell, sub, gone = read(root).children()[2]
+    gone.unlink()
+    out = viewer.export_html(root, tmp_path / "tree.html")
+    with offline_page(browser, out) as pg:
+        button = pg.locator("#step .open-child").nth(2)
+        assert button.text_content() == f"child run missing: {sub.child}"
+        button.click()
+        on_run(pg, gone.relative_to(tmp_path).as_posix(), "0")
+        assert pg.locator("#step h2").text_content() == "Missing child run"
+        assert "cannot read run notebook" in pg.locator("#step").text_content()
+        listed = {c.notebook: c for c in read(root).run.children}
+        question = listed[gone.relative_to(tmp_path).as_posix()].question
+        assert pg.locator("#summary .question").text_content() == question
+        assert pg.locator("#runs .tree button.missing").count() == 1
+        pg.click("#runs .parent")
+        on_run(pg, "root.ipynb", "1")
