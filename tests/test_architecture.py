@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "magic",
             "widgets",
             "live",
+            "progress",
             "viewer",
             "bundle",
             "demo",
