@@ -241,6 +241,9 @@ def test_cancelling_arun_ends_the_whole_tree(tmp_path, private_tmp):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        # arun returns only when every run of the tree has ended: nothing is left running.
+        assert_every_notebook_interrupted(root)
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
 
     asyncio.run(go())
     assert len(kernels) >= 4  # the four runs' kernels (and maybe warm ones)
@@ -265,6 +268,7 @@ def test_the_stop_button_ends_the_whole_tree_and_lists_it(tmp_path, private_tmp)
     async def go() -> RunResult:
         run = asyncio.ensure_future(live.run(rlm.arun("q", "ctx", notebook=root)))
         await asyncio.gather(run, stop_when_blocked(run))
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
         return run.result()
 
     outcome = asyncio.run(go())
