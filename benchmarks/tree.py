@@ -114,7 +114,7 @@ async def tree_cell_s(
     if ended != ["answered"] * children:
         raise RuntimeError(f"{name}: the children ended {ended}")
     (cell,) = [c for c in read(notebook).code_cells if "rlm_query" in c.source]
-    return float(cell.exec["duration_s"])
+    return float(cell.exec.duration_s)
 
 
 async def measure(
