@@ -378,7 +378,14 @@ class _Connection(asyncio.BufferedProtocol):
         if len(requests) == 1:
             results = [await run(requests[0])]
         else:
-            results = list(await asyncio.gather(*[run(r) for r in requests]))
+            # return_exceptions: when this request is cancelled, gather waits until every prompt
+            # has ended (a child run saves its notebook and stops its kernel), instead of
+            # finishing at the first cancelled one and leaving the others running unawaited.
+            done = await asyncio.gather(*[run(r) for r in requests], return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, BaseException):  # only cancellation gets past _answer
+                    raise outcome
+            results = list(done)
         self._send({"id": rid, "results": results})
 
     async def _final(self, rid: int, value: str, via: str, cell: str | None) -> None:

@@ -31,12 +31,14 @@ from typing import Any, TextIO
 
 from . import parse
 from .errors import NotebookFormatError, RunStopped, UsageError
+from .progress import ChildState, ChildTracker, TerminalProgress, cost_text, one_line, plural
 from .record import SubcallRecord, read
 from .types import RunResult, Usage
 
 __all__ = [
     "LiveDisplay",
     "TerminalApprover",
+    "TerminalProgress",
     "WidgetApprover",
     "attach",
     "in_jupyter",
@@ -98,31 +100,43 @@ def _pre(text: str, style: str = "") -> str:
     return f"<pre style='{_PRE};{style}'>{html.escape(text)}</pre>"
 
 
-def notebook_link(path: str | os.PathLike[str], start: str | os.PathLike[str] | None = None) -> str:
+def notebook_link(
+    path: str | os.PathLike[str],
+    start: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+) -> str:
     """An HTML link to the run notebook, relative to ``start`` (the kernel's working directory).
 
     JupyterLab opens relative links of an output in the file browser's tree, so the notebook
-    opens in a new tab.
+    opens in a new tab. The link shows ``text``, or the relative path.
     """
     try:
         rel = os.path.relpath(Path(path).resolve(), Path(start or os.getcwd()).resolve())
     except ValueError:  # another drive on Windows
         rel = str(path)
     rel = Path(rel).as_posix()
-    return f"<a href='{html.escape(rel, quote=True)}' target='_blank'>{html.escape(rel)}</a>"
+    shown = html.escape(rel if text is None else text)
+    return f"<a href='{html.escape(rel, quote=True)}' target='_blank'>{shown}</a>"
 
 
 class LiveDisplay:
-    """A widget that follows one run: progress, code, last output, sub-calls, and Stop.
+    """A widget that follows one run: progress, code, last output, sub-calls, children, Stop.
 
-    Its :meth:`hooks` are the run's ``on_step``, ``on_output`` and ``on_subcall``; they may be
-    called from another thread than the one that built the widget.
+    Its :meth:`hooks` are the run's ``on_step``, ``on_output``, ``on_subcall`` and
+    ``on_child``; they may be called from another thread than the one that built the widget.
+    Child runs (``rlm_query``) are listed under the run, indented by depth, each with its
+    state, steps, tokens and cost and a link to its notebook; Stop ends the whole tree.
 
     Attributes:
         widget: the ipywidgets box to display.
-        stop_button: ends the run cleanly (the notebook is saved with status ``interrupted``).
+        stop_button: ends the run and all its child runs cleanly (every notebook of the tree is
+            saved with status ``interrupted``).
         stoppable: whether clicks can reach the kernel during the run (see the module docs).
+        tree: the child runs seen so far.
     """
+
+    MAX_CHILD_ROWS = 12  # rows of the children list; running children are shown first
 
     def __init__(
         self,
@@ -151,6 +165,8 @@ class LiveDisplay:
         self.code = w.HTML()
         self.output = w.HTML()
         self.subcall_line = w.HTML()
+        self.tree = ChildTracker(notebook)
+        self.children_list = w.HTML()
         self.stop_button = w.Button(
             description="Stop", icon="stop", button_style="danger", disabled=not stoppable
         )
@@ -166,7 +182,14 @@ class LiveDisplay:
             if question
             else ""
         )
-        parts = [self.header, question_html, self.code, self.output, self.subcall_line]
+        parts = [
+            self.header,
+            question_html,
+            self.code,
+            self.output,
+            self.subcall_line,
+            self.children_list,
+        ]
         if approver is not None:
             approver.embedded = True
             parts.append(approver.widget)
@@ -177,8 +200,13 @@ class LiveDisplay:
     # -- the run's hooks --------------------------------------------------------------------
 
     def hooks(self) -> dict[str, Callable[..., None]]:
-        """The ``on_step``, ``on_output`` and ``on_subcall`` hooks of ``RLM``."""
-        return {"on_step": self.on_step, "on_output": self.on_output, "on_subcall": self.on_subcall}
+        """The ``on_step``, ``on_output``, ``on_subcall`` and ``on_child`` hooks of ``RLM``."""
+        return {
+            "on_step": self.on_step,
+            "on_output": self.on_output,
+            "on_subcall": self.on_subcall,
+            "on_child": self.on_child,
+        }
 
     def on_step(
         self,
@@ -221,16 +249,42 @@ class LiveDisplay:
         )
         self._refresh()
 
+    def on_child(self, *, event: str, notebook: str, depth: int, question: str, **kw: Any) -> None:
+        """When a child run starts, takes a step or ends: update its row."""
+        self.tree.update(event=event, notebook=notebook, depth=depth, question=question, **kw)
+        self._show_children()
+
     def _refresh(self) -> None:
         tokens = sum(u.total_tokens for u in self.usage.values())
         cost = None if self.cost_usd is None or self.sub_cost is None else self.cost_usd
-        cost_text = "cost unknown" if cost is None else f"${cost + (self.sub_cost or 0):.4f}"
+        cost = None if cost is None else cost + (self.sub_cost or 0)
         step = f"step {self.step} of {self.max_steps}" if self.step else "waiting for the model"
         self.header.value = (
             f"<b>RLM {html.escape(self.state)}</b> · {step} · {tokens:,} tokens · "
-            f"{self.subcalls} sub-calls · {cost_text} · {time.monotonic() - self.started:.1f} s"
-            f" · notebook {notebook_link(self.notebook)}"
+            f"{plural(self.subcalls, 'sub-call')} · {cost_text(cost)} · "
+            f"{time.monotonic() - self.started:.1f} s · notebook {notebook_link(self.notebook)}"
         )
+
+    def _show_children(self) -> None:
+        rows = self.tree.ordered()
+        if not rows:
+            self.children_list.value = ""
+            return
+        running, ended = self.tree.counts()
+        shown = rows
+        if len(rows) > self.MAX_CHILD_ROWS:
+            # Running children first, then those that ended last; shown in tree order.
+            by_interest = sorted(rows, key=lambda c: (not c.running, -(c.ended or 0.0)))
+            keep = {id(c) for c in by_interest[: self.MAX_CHILD_ROWS]}
+            shown = [c for c in rows if id(c) in keep]
+        more = len(rows) - len(shown)
+        title = (
+            f"<div style='{_MUTED}'>child runs: {running:,} running · {ended:,} ended"
+            + (f" · {more:,} not listed" if more else "")
+            + "</div>"
+        )
+        body = "".join(_child_row(c) for c in shown)
+        self.children_list.value = f"{title}<table style='{_TABLE}'>{body}</table>"
 
     # -- running and stopping ---------------------------------------------------------------
 
@@ -271,7 +325,35 @@ class LiveDisplay:
     def _finish(self, state: str) -> None:
         self.state = state
         self.stop_button.disabled = True
+        if self.tree.settle():
+            self._show_children()
         self._refresh()
+
+
+_TABLE = "border-collapse:collapse;font-size:12px;margin:2px 0"
+_CELL = "padding:1px 10px 1px 0;text-align:left;white-space:nowrap"
+_STATE_COLOURS = {"answered": "#1a7f37", "error": "#cf222e", "interrupted": "#9a6700"}
+
+
+def _child_row(child: ChildState) -> str:
+    if child.state == "starting":
+        steps = "waiting for the model"
+    elif child.running:
+        steps = f"step {child.step} of {child.max_steps}"
+    else:
+        steps = plural(child.step, "step")
+    colour = _STATE_COLOURS.get(child.state, "#656d76")
+    cells = [
+        f"<span style='padding-left:{(child.depth - 2) * 1.5:g}em'>"
+        f"{notebook_link(child.notebook, text=child.label)}</span>",
+        f"<span style='color:{colour}'>{html.escape(child.state.replace('_', ' '))}</span>",
+        html.escape(steps),
+        f"{child.tokens:,} tokens",
+        cost_text(child.cost_usd),
+        f"{child.elapsed():.1f} s",
+        f"<span style='{_MUTED}'>{html.escape(one_line(child.question))}</span>",
+    ]
+    return "<tr>" + "".join(f"<td style='{_CELL}'>{c}</td>" for c in cells) + "</tr>"
 
 
 def result_from_notebook(path: str | os.PathLike[str]) -> RunResult:
@@ -442,31 +524,6 @@ class WidgetApprover:
 # -- what RLM calls ------------------------------------------------------------------------------
 
 
-class TerminalProgress:
-    """Hooks that print one line per step, and one per block that did not run cleanly, on stderr."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream
-
-    def on_step(self, *, step, max_steps, blocks, usage, subcalls, cost_usd, elapsed_s, **_):
-        tokens = sum(u.total_tokens for u in usage.values())
-        cost = "cost unknown" if cost_usd is None else f"${cost_usd:.4f}"
-        self._print(
-            f"step {step}/{max_steps}: {blocks} code block{'s' * (blocks != 1)} · "
-            f"{tokens:,} tokens · {subcalls} sub-calls · {cost} · {elapsed_s:.1f}s"
-        )
-
-    def on_output(self, *, step, block, status, shown, **_):
-        if status != "ok":
-            self._print(f"  block {step}.{block}: {status}")
-
-    def hooks(self) -> dict[str, Any]:
-        return {"on_step": self.on_step, "on_output": self.on_output}
-
-    def _print(self, line: str) -> None:
-        print(line, file=self.stream or sys.stderr, flush=True)
-
-
 def attach(
     *,
     display: bool | None,
@@ -505,7 +562,7 @@ def attach(
             approver = WidgetApprover()
     if display is None and not jupyter and not any(hooks.values()) and sys.stderr.isatty():
         # In a terminal the same information is a line per step on stderr.
-        return TerminalProgress().hooks(), approver, None
+        return TerminalProgress(notebook=notebook).hooks(), approver, None
     if display is None:
         display = jupyter and not any(hooks.values()) and _has_ipywidgets()
     if not display:

@@ -103,7 +103,10 @@ class RLM:
         on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
         on_child: hook called as ``on_child(event=, notebook=, depth=, question=, result=)``
-            when a child run starts (``event="start"``, ``result=None``) and ends (``"end"``).
+            when a child run starts (``event="start"``, ``result=None``), after each of its
+            steps (``"step"``, with the keywords of ``on_step`` too) and when it ends (``"end"``,
+            ``result`` its :class:`~rlm_kernel.types.RunResult`). Grandchildren report to the
+            same hook, with their depth.
         kernel_name: the Jupyter kernelspec to run the code in.
         embed_context: also store the context's text in the notebook (up to
             ``context.EMBED_LIMIT_CHARS``), so the notebook replays without its context file.
@@ -518,6 +521,10 @@ class _Tree:
     async def _child(self, on_child: Hook | None, child: ChildRun) -> RunResult:
         common = {"notebook": str(child.notebook), "depth": child.depth, "question": child.question}
         await run_hook(on_child, event="start", result=None, **common)
+
+        async def on_step(**step: Any) -> None:
+            await run_hook(on_child, event="step", result=None, **common, **step)
+
         spec = _RunSpec(
             question=child.question,
             context=child.context,
@@ -526,7 +533,8 @@ class _Tree:
             depth=child.depth,
             budget=child.budget,
             parent=child.parent,
-            hooks={"on_child": on_child},
+            # A display follows a child's steps through the one hook it gave for children.
+            hooks={"on_child": on_child, "on_step": on_step if on_child is not None else None},
         )
         result = await self.execute(spec)
         await run_hook(on_child, event="end", result=result, **common)

@@ -53,8 +53,13 @@ class KernelPool:
     """Local kernels started ahead of time for child runs, one per child, never reused.
 
     A child's kernel is its own for the child's whole run and is shut down after it, as a
-    run's kernel always is; the pool starts a replacement in the background, so a burst of
-    children does not pay its start-ups one after another.
+    run's kernel always is. :meth:`fill` starts ``warm`` kernels side by side (at the start of
+    a run tree); a burst of up to ``warm`` children finds them started, and children beyond
+    that start theirs at once, side by side, never one after another.
+
+    A kernel start-up takes most of a CPU for a good part of a second, so replacements are
+    started gently: once none of the pool's kernels is in use (a burst's replacements would
+    slow the burst), one at a time (the run that goes on after the burst keeps a CPU).
 
     Args:
         warm: kernels kept started and waiting.
@@ -65,10 +70,12 @@ class KernelPool:
         self.warm = max(0, warm)
         self.kernel_name = kernel_name
         self._ready: list[asyncio.Task[KernelSession]] = []
+        self._in_use = 0
+        self._refill: asyncio.Task[None] | None = None
         self._closed = False
 
     def fill(self) -> None:
-        """Start kernels until ``warm`` are started or starting."""
+        """Start kernels until ``warm`` are started or starting, all at once."""
         while not self._closed and len(self._ready) < self.warm:
             self._ready.append(asyncio.ensure_future(self._start()))
 
@@ -77,14 +84,30 @@ class KernelPool:
         await ks.start()
         return ks
 
+    async def _refill_one_by_one(self) -> None:
+        while not self._closed and self._in_use == 0 and len(self._ready) < self.warm:
+            task = asyncio.ensure_future(self._start())
+            self._ready.append(task)
+            # wait() rather than await: a child may take this kernel meanwhile, and closing
+            # the pool cancels this loop, which must not cancel the child's kernel start.
+            await asyncio.wait([task])
+            if task.cancelled() or task.exception() is not None:
+                return  # kernels do not start; the next child will say why
+
+    def _take(self) -> asyncio.Task[KernelSession]:
+        for i, task in enumerate(self._ready):
+            if task.done():
+                return self._ready.pop(i)
+        return self._ready.pop(0) if self._ready else asyncio.ensure_future(self._start())
+
     @contextlib.asynccontextmanager
     async def session(self, *, setup_code: str) -> AsyncIterator[KernelSession]:
         """A running kernel configured with ``setup_code``; shut down when the block ends."""
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
-        task = self._ready.pop(0) if self._ready else asyncio.ensure_future(self._start())
-        self.fill()
+        task = self._take()
         ks: KernelSession | None = None
+        self._in_use += 1
         try:
             ks = await task
             await ks.configure(setup_code)
@@ -96,10 +119,21 @@ class KernelPool:
                     ks = await task
             if ks is not None:
                 await ks.shutdown()
+            self._in_use -= 1
+            if (
+                self._in_use == 0
+                and not self._closed
+                and (self._refill is None or self._refill.done())
+            ):
+                self._refill = asyncio.ensure_future(self._refill_one_by_one())
 
     async def aclose(self) -> None:
         """Shut down every waiting kernel (and stop starting new ones)."""
         self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(BaseException):
+                await self._refill
         ready, self._ready = self._ready, []
         for task in ready:
             task.cancel()

@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "magic",
             "widgets",
             "live",
+            "progress",
             "viewer",
             "bundle",
             "demo",

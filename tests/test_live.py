@@ -54,7 +54,7 @@ def test_the_hooks_show_step_code_output_subcalls_tokens_and_the_notebook(tmp_pa
     record.response, record.cost_usd = "yes", 0.25
     live.on_subcall(record=record)
     header = live.header.value
-    assert "step 2 of 5" in header and "1,234 tokens" in header and "1 sub-calls" in header
+    assert "step 2 of 5" in header and "1,234 tokens" in header and "1 sub-call ·" in header
     assert "$0.7500" in header
     assert "<a href='runs/r.ipynb' target='_blank'>runs/r.ipynb</a>" in header
     assert "print(len(context))" in live.code.value and "Look:" not in live.code.value
