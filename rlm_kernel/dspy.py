@@ -12,7 +12,7 @@ Plug it in the way DSPy documents for interpreters::
     # or for every code-running module: dspy.configure(interpreter_factory=KernelInterpreter)
 
 Each interpreter owns one kernel (``rlm_kernel.kernel.KernelSession``) and one run notebook
-(``rlm_kernel.notebook.Recorder``): per ``execute`` a step with the model's reasoning as markdown,
+(``rlm_kernel.record.Recorder``): per ``execute`` a step with the model's reasoning as markdown,
 the interpreter's setup cell (DSPy's tools, ``SUBMIT``, the inputs) and the code with its real
 outputs. DSPy's tools run on the host, reached from the kernel through the rlm-kernel bridge, and
 every call is recorded on its cell, so ``rlm-kernel replay`` runs the notebook again without a key.
