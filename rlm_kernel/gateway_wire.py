@@ -246,7 +246,17 @@ class Channels:
             return None
         if timeout is not None and timeout <= 0 and queue.empty():
             raise asyncio.TimeoutError
-        msg = await asyncio.wait_for(queue.get(), timeout)
+        # asyncio.wait, not wait_for: on Python < 3.12 wait_for can swallow a cancellation that
+        # arrives as its timeout fires, and a cancelled run must stop.
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            done, _ = await asyncio.wait({getter}, timeout=timeout)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if not done:
+            raise asyncio.TimeoutError
+        msg = getter.result()
         if msg is _CLOSED:
             queue.put_nowait(_CLOSED)  # every later reader sees it too
             return None
