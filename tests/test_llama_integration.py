@@ -231,7 +231,8 @@ def test_a_server_killed_mid_run_gives_a_clear_error_and_a_valid_notebook(use, t
     nbformat.validate(nb)
     (cell,) = [c for c in code_cells(nb) if c.metadata.rlm.get("subcalls")]
     printed = "".join(o.get("text", "") for o in cell.outputs).strip()
-    assert printed.startswith("SubcallError: ModelError: openai:smollm2: "), printed
+    assert printed.startswith("SubcallError: openai:smollm2: "), printed
     assert "was lost before the reply was complete" in printed or "could not connect" in printed
     failed = cell.metadata.rlm.subcalls[-1]
-    assert failed.error and "\n" not in failed.error and failed.response is None
+    assert failed.error.type == "SubcallError" and failed.response is None
+    assert failed.error.message and "\n" not in failed.error.message
