@@ -356,7 +356,9 @@ class _Tree:
         assert self.root is not None and self.sub is not None and self.child is not None
         if self.slots is None:
             self.slots = asyncio.Semaphore(self.limits.max_concurrency)
-        if self.pool is None and self.limits.max_depth > 1:
+        # A root on a gateway gets no children on this host: its model's code must not run here.
+        remote_root = getattr(self.rlm.session, "bridge", None) == "tcp"
+        if self.pool is None and self.limits.max_depth > 1 and not remote_root:
             self.pool = KernelPool(self.rlm.warm_kernels, kernel_name=self.rlm.kernel_name)
             self.pool.fill()
         limits = self.limits
@@ -395,7 +397,7 @@ class _Tree:
             },
         )
         children = None
-        if spec.depth < limits.max_depth:
+        if spec.depth < limits.max_depth and self.pool is not None:
             children = ChildRunner(
                 notebook=spec.notebook,
                 run_id=spec.run_id,

@@ -467,7 +467,14 @@ class _Host:
                 f"{caller}: context must be a str, a list or a dict, not {type(context).__name__}"
             )
         if self.handoff_dir is None:
-            return None
+            if isinstance(self.transport, SocketTransport):
+                # A live host that gave no hand-off folder (a kernel on a gateway) cannot read
+                # the file: dropping the context silently would answer another question.
+                raise BridgeError(
+                    f"{caller}: this kernel cannot hand a context to the host (it runs on a "
+                    "gateway); put the text in the prompt instead"
+                )
+            return None  # a replay answers from the record
         if isinstance(context, str):
             text, kind = context, "text"
         else:

@@ -112,8 +112,10 @@ def test_round_trip_over_unix_and_tcp(served):
     assert scheme in ("unix", "tcp")
     assert ns["llm_query"]("hello") == "echo hello"
     assert ns["llm_query"]("hi", model="small") == "echo hi"
-    # Without a hand-off folder (as in a replay) the context stays in the kernel.
-    assert ns["rlm_query"]("sum it", context=[1, 2]) == "echo sum it"
+    # A live host that gave no hand-off folder cannot take a context: a clear error, not a loss.
+    with pytest.raises(runtime.BridgeError, match="cannot hand a context to the host"):
+        ns["rlm_query"]("sum it", context=[1, 2])
+    assert ns["rlm_query"]("sum it") == "echo sum it"
     assert handler.calls == [
         ("hello", None, "llm"),
         ("hi", "small", "llm"),

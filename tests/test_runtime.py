@@ -370,6 +370,7 @@ async def _drive_kernel(tmp_path, sock_path: str) -> KernelHandler:
                 token=server.token,
                 context_path=str(ctx),
                 context_kind="text",
+                handoff_dir=str(tmp_path / "run.children"),
             )
             assert await _execute(kc, code, silent=True, store_history=False) == ("ok", "", [])
             status, out, errs = await _execute(
