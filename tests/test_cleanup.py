@@ -61,6 +61,9 @@ def test_twenty_runs_leave_nothing_behind(tmp_path, monkeypatch):
     private = tmp_path / "tmp"
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
+    # And a private runtime folder: kernels that other test processes start at the same time
+    # write their connection files to the shared one.
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     before_children, before_files = children(), leftovers()
     statuses = []
 

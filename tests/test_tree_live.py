@@ -204,10 +204,11 @@ def assert_every_notebook_interrupted(root: Path) -> None:
 
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
-    """A temp folder of this test's own, so other processes' kernels do not count."""
+    """Temp and runtime folders of this test's own, so other processes' kernels do not count."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     return tmp
 
 
