@@ -422,7 +422,7 @@ class KernelSession:
         except asyncio.TimeoutError:
             raise KernelStartError(
                 f"the {self.kernel_name!r} kernel did not start within "
-                f"{self.startup_timeout:g} s{self._log_tail()}"
+                f"{self.startup_timeout:.2g} s{self._log_tail()}"
             ) from None
 
     async def _launch(self) -> None:

@@ -32,7 +32,14 @@ from . import prompts, runtime
 from .bridge import BridgeServer, socket_dir
 from .budget import Budget
 from .context import ContextInfo, ContextInput, ContextWarning, prepare
-from .errors import NotebookFormatError, OutputPathError, RLMKernelError, RunStopped, UsageError
+from .errors import (
+    KernelStartError,
+    NotebookFormatError,
+    OutputPathError,
+    RLMKernelError,
+    RunStopped,
+    UsageError,
+)
 from .fork import Fork, replay_prefix
 from .hooks import Hook, run_hook, run_sync
 from .kernel import KernelSession
@@ -471,6 +478,13 @@ class _Tree:
         except (KeyboardInterrupt, asyncio.CancelledError):
             status, stop_reason, error = "interrupted", "interrupted", "the run was interrupted"
             raise
+        except KernelStartError as e:
+            error = str(e)
+            # The kernel's start is bounded by what is left of the run's time: when that is what
+            # ran out, the run ended on its time limit like any other step would have.
+            if spec.budget.exhausted() == "timeout":
+                status, stop_reason = "no_answer", "timeout"
+                error = f"the run's time limit of {limits.timeout:g} s ran out: {error}"
         except RLMKernelError as e:
             error = str(e)
         except Exception as e:  # the notebook records any failure before it propagates

@@ -204,7 +204,11 @@ def wait_for(page, predicate, what: str, timeout: float = 20.0) -> None:
 
 
 def has_widget_state(path: Path) -> bool:
-    widgets = json.loads(path.read_text()).get("metadata", {}).get("widgets", {})
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:  # caught while the server rewrites the file
+        return False
+    widgets = saved.get("metadata", {}).get("widgets", {})
     return bool(widgets.get(WIDGET_STATE, {}).get("state"))
 
 

@@ -49,3 +49,22 @@ def test_setup_code_that_hangs_counts_against_the_same_deadline():
         asyncio.run(ks.start())
     assert "3 s" in str(info.value)
     assert not ks.runtime_dir.exists()
+
+
+def test_a_run_whose_time_runs_out_while_its_kernel_starts_ends_on_its_time_limit(
+    silent_kernel, tmp_path
+):
+    from rlm_kernel import RLM
+
+    async def never_asked(messages):
+        raise AssertionError("the model is not asked before the kernel is ready")
+
+    name, pid_file = silent_kernel
+    rlm = RLM(never_asked, never_asked, kernel_name=name, timeout=1.5, max_depth=1, display=False)
+    result = rlm.run("q", context="ctx", notebook=tmp_path / "run.ipynb")
+    assert (result.status, result.stop_reason) == ("no_answer", "timeout")
+    assert result.error.startswith("the run's time limit of 1.5 s ran out: ")
+    assert "kernel did not start within" in result.error
+    meta = json.loads((tmp_path / "run.ipynb").read_text())["metadata"]["rlm"]
+    assert (meta["status"], meta["stop_reason"]) == ("no_answer", "timeout")
+    assert wait_until(pid_file.exists)
