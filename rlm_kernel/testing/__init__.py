@@ -6,8 +6,10 @@ pytest plugin ``rlm_kernel.testing.pytest_plugin`` provides a ready ``fake_model
 See ``docs/testing.md``.
 """
 
+from ._requests import Fault, RecordedRequest
+from ._wire import estimate_tokens
 from .scripted import Reply, ScriptedModel, ScriptExhausted
-from .server import FakeModelServer, Fault, Model, RecordedRequest, estimate_tokens
+from .server import FakeModelServer, Model
 
 __all__ = [
     "FakeModelServer",
