@@ -16,14 +16,17 @@ import inspect
 import json
 
 
-class _Default:
-    """Stands for a default value in a tool's signature: shows the host's ``repr`` of it."""
+class _Shown:
+    """Stands for a default value or annotation in a tool's signature, shown as on the host."""
 
     def __init__(self, text):
         self._text = text
 
     def __repr__(self):
         return self._text
+
+
+_EMPTY = inspect.Parameter.empty
 
 
 def _signature(spec):
@@ -36,11 +39,11 @@ def _signature(spec):
             inspect.Parameter(
                 p["name"],
                 kind,
-                default=_Default(p["default"]) if "default" in p else inspect.Parameter.empty,
-                annotation=p.get("annotation") or inspect.Parameter.empty,
+                default=_Shown(p["default"]) if "default" in p else inspect.Parameter.empty,
+                annotation=_Shown(p["annotation"]) if p.get("annotation") else _EMPTY,
             )
         )
-    returns = spec.get("returns") or inspect.Signature.empty
+    returns = _Shown(spec["returns"]) if spec.get("returns") else _EMPTY
     return inspect.Signature(params, return_annotation=returns)
 
 
