@@ -83,7 +83,10 @@ def install(namespace, specs):
         namespace[spec["name"]] = _stub(call, spec)
         names.append(spec["name"])
     namespace["_rlm_tool_names"] = names
+    installed = {n: namespace[n] for n in names}
+    if names:
+        installed["ToolError"] = namespace["ToolError"] = namespace["_rlm_ToolError"]
     functions = namespace.get("_rlm_functions")
     if isinstance(functions, dict):
         # SHOW_VARS lists the model's own variables, not the tools.
-        functions.update({n: namespace[n] for n in names})
+        functions.update(installed)

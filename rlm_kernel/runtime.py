@@ -759,8 +759,8 @@ class ToolError(RuntimeError):
     """
 
     def __init__(self, message: str, *, tool: str | None = None, type: str | None = None) -> None:
-        where = f"{tool} raised {type}" if tool and type else tool or ""
-        super().__init__(f"{where}: {message}" if where else message)
+        # "ValueError: ..." as a foreign exception's sub-call error reads.
+        super().__init__(f"{type}: {message}" if type else message)
         self.tool = tool
         self.type = type
         self.message = message
@@ -835,11 +835,11 @@ def install(
     functions.update(
         SubcallError=SubcallError, BudgetExceeded=BudgetExceeded, ReplayMiss=ReplayMiss
     )
-    functions["ToolError"] = ToolError
     namespace.update(functions)
     namespace["_rlm_functions"] = functions
-    # What host tools call (installed by name later, see rlm_kernel/_tools_kernel.py).
+    # What host tools call, and raise (installed by name later: rlm_kernel/_tools_kernel.py).
     namespace["_rlm_call_tool"] = functools.partial(_call_tool, host)
+    namespace["_rlm_ToolError"] = ToolError
     namespace["answer"] = {"content": None, "ready": False}
     if shell is not None:
         for event, hook in namespace.get("_rlm_hooks", []):

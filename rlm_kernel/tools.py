@@ -113,6 +113,19 @@ def _describe_params(signature: inspect.Signature) -> list[dict[str, Any]]:
     return params
 
 
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        # Annotations as written, also in modules with ``from __future__ import annotations``.
+        return inspect.signature(fn, eval_str=True)
+    except (TypeError, ValueError):
+        return None  # a builtin without a signature: called as given
+    except Exception:  # an annotation that does not evaluate: keep it as text
+        try:
+            return inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+
+
 class _Tool:
     """One host function with what the kernel and the prompt show of it."""
 
@@ -127,10 +140,7 @@ class _Tool:
             raise UsageError(f"the tool {name!r} is a {type(fn).__name__}, not a function")
         self.name = name
         self.fn = fn
-        try:
-            self.signature: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):
-            self.signature = None  # a builtin without a signature: called as given
+        self.signature = _signature(fn)
         # A callable object counts as async when its __call__ is a coroutine function.
         call = fn.__call__ if not inspect.isroutine(fn) else None
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
