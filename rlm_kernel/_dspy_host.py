@@ -1,10 +1,10 @@
 """The host side of the DSPy interpreter: DSPy's tools behind the bridge, its inputs, its steps.
 
 - :class:`ToolHost` is the bridge's ``SubcallHandler``: the kernel's ``llm_query(prompt)`` calls
-  DSPy's ``llm_query`` tool; a request whose model is ``tool:<name>`` carries the JSON
-  ``{"tool", "args", "kwargs"}`` of any other tool and gets the JSON of its result. Each call is
-  recorded for the cell that made it, and runs in the context (``dspy.context`` settings) of the
-  DSPy call that ran the cell.
+  DSPy's ``llm_query`` tool; any other tool comes as the bridge's ``tool`` request (the same
+  one as ``RLM(tools=...)``) and gets the JSON of its result. Each call is recorded for the cell
+  that made it, and runs in the context (``dspy.context`` settings) of the DSPy call that ran
+  the cell.
 - :class:`Inputs` keeps the variables DSPy passes, JSON-ready, by key, for the context file.
 - :data:`TAP`, a DSPy callback, sees each predictor's ``reasoning`` and ``code``, so a step's
   markdown can show why the model wrote the code, and which LM answered each ``llm_query``.
@@ -29,10 +29,11 @@ import dspy
 from dspy.primitives.code_interpreter import CodeInterpreterError
 from dspy.utils.callback import BaseCallback
 
-from .bridge import SubcallRequest
+from .bridge import SubcallRequest, ToolRequest
+from .errors import ToolError
 from .record import ErrorRecord, prompt_sha256
+from .tools import request_text
 
-TOOL_PREFIX = "tool:"
 PREVIEW_CHARS = 200
 _IMMUTABLE = (str, bytes, int, float, bool, type(None))
 _RECORD: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -120,16 +121,23 @@ class ToolHost:
         return records
 
     async def subcall(self, request: SubcallRequest) -> str:
-        """Run one tool call from the kernel; see the module docstring for the two forms."""
-        prompt, model = request.prompt, request.model
-        if model is None:
-            name, args, kwargs = "llm_query", [], {"prompt": prompt}
-        elif model.startswith(TOOL_PREFIX):
-            name = model[len(TOOL_PREFIX) :]
-            request = json.loads(prompt)
-            args, kwargs = list(request.get("args") or []), dict(request.get("kwargs") or {})
-        else:
-            raise LookupError(f"this kernel's host runs DSPy's tools, not a model named {model!r}")
+        """Answer the kernel's ``llm_query(prompt)`` with DSPy's ``llm_query`` tool."""
+        if request.model is not None:
+            raise LookupError(
+                f"this kernel's host runs DSPy's tools, not a model named {request.model!r}"
+            )
+        return await self._call("llm_query", [], {"prompt": request.prompt}, plain=True)
+
+    async def tool(self, request: ToolRequest) -> str:
+        """Run one of DSPy's tools by name; the answer is the JSON of its result."""
+        return await self._call(request.name, request.args, request.kwargs, plain=False)
+
+    async def _call(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], *, plain: bool
+    ) -> str:
+        # A plain llm_query is keyed by its prompt, a tool call by the JSON of the request.
+        prompt = kwargs["prompt"] if plain else request_text(name, args, kwargs)
+        model = None if plain else name
         self.calls += 1
         record: dict[str, Any] = {
             "id": self.calls,
@@ -169,8 +177,11 @@ class ToolHost:
             else:
                 text = _to_json(name, value)
         except Exception as e:
+            if not plain and not isinstance(e, ToolError):
+                # Any tool's failure reaches the code as ToolError, with the tool's own class.
+                e = ToolError(str(e) or type(e).__name__, tool=name, cause=type(e).__name__)
             record["error"] = ErrorRecord.from_exception(e).to_metadata()  # what the code sees
-            raise
+            raise e from None
         finally:
             record["latency_s"] = round(time.monotonic() - started, 4)
         record["response"] = text

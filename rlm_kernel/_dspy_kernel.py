@@ -5,10 +5,10 @@ Never imported: this file's text is the first setup cell of every notebook that
 after ``rlm_kernel.runtime`` (live: connected to the host; replay: answering from the record)
 and uses only the standard library.
 
-Every tool call goes to the host through the runtime's ``llm_query``: DSPy's ``llm_query(prompt)``
-as itself, any other tool as a JSON request ``{"tool", "args", "kwargs"}`` with the model name
-``tool:<name>``, whose answer is the JSON of the result. So each call is recorded on its cell like
-a sub-call, and a replay answers it from the record by the hash of that request.
+Every tool call goes to the host through the runtime: DSPy's ``llm_query(prompt)`` as the
+runtime's ``llm_query``, any other tool as the bridge's ``tool`` request (the one host tools of
+``RLM(tools=...)`` use), whose answer is the JSON of the result. So each call is recorded on its
+cell like a sub-call, and a replay answers it from the record by the hash of that request.
 """
 
 
@@ -38,16 +38,14 @@ def _rlm_dspy_setup(shell):
     class Submitted(BaseException):
         """Raised by SUBMIT to end the cell at once; the cell's code is wrapped to catch it."""
 
+    call = ns["_rlm_call_tool"]
+
     def call_tool(name, args, kwargs):
         try:
-            request = json.dumps(
-                {"tool": name, "args": list(args), "kwargs": kwargs},
-                sort_keys=True,
-                ensure_ascii=False,
-            )
+            json.dumps([args, kwargs])
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name}: arguments must be JSON values: {e}") from None
-        return json.loads(host["llm_query"](request, model="tool:" + name))
+        return call(name, list(args), kwargs)
 
     def make_tool(name):
         def tool(*args, **kwargs):

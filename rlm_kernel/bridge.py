@@ -46,6 +46,16 @@ another machine, reached through a tunnel). Every message in either direction is
    always a record ``{type, message, retries}``: ``type`` names the exception the kernel's
    code raises (``rlm_kernel.errors.WIRE_TYPES``).
 
+   A host tool (``RLM(tools=...)``), by name, with JSON arguments; the answer is the JSON
+   text of its result (a failure is a ``ToolError`` record whose ``cause`` names the class of
+   the tool's exception). Tool calls do not take sub-call slots; the handler bounds them::
+
+       → {"id": 9, "op": "tool", "name": "search", "args": ["q"], "kwargs": {"k": 3},
+          "cell": "step-3-code-1"}
+       ← {"id": 9, "ok": "[\"result\", 2]"}
+       ← {"id": 9, "error": {"type": "ToolError", "message": "...", "retries": 0,
+                             "cause": "ValueError"}}
+
    The final answer, ``via`` ``"FINAL"``, ``"FINAL_VAR"`` or ``"answer"``::
 
        → {"id": 8, "op": "final", "value": "42", "via": "FINAL", "cell": "step-3-code-1"}
@@ -89,7 +99,7 @@ from typing import Any, Protocol
 from .errors import BridgeError
 from .record import ErrorRecord
 
-__all__ = ["BridgeServer", "SubcallHandler", "SubcallRequest", "socket_dir"]
+__all__ = ["BridgeServer", "SubcallHandler", "SubcallRequest", "ToolRequest", "socket_dir"]
 
 _HEADER = struct.Struct(">I")
 _MAX_HELLO_BYTES = 64 * 1024
@@ -126,6 +136,23 @@ class SubcallRequest:
     context: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class ToolRequest:
+    """One ``tool`` request: a host tool by name, with its JSON arguments.
+
+    Attributes:
+        name: the tool's name.
+        args: positional arguments.
+        kwargs: keyword arguments.
+        cell: the id of the cell that made the call, as the kernel sent it.
+    """
+
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    cell: str | None = None
+
+
 class SubcallHandler(Protocol):
     """What the server asks of the host: run one sub-call, take the final answer."""
 
@@ -141,6 +168,9 @@ class SubcallHandler(Protocol):
     async def final(self, value: str, *, via: str, cell: str | None) -> None:
         """Take the run's final answer, sent by ``FINAL``, ``FINAL_VAR`` or the ``answer`` dict."""
         ...
+
+    # Optional: ``async def tool(self, request: ToolRequest) -> str`` runs a host tool and
+    # returns the JSON text of its result; a handler without it has no tools.
 
 
 def _encode(message: dict[str, Any]) -> bytes:
@@ -355,6 +385,9 @@ class _Connection(asyncio.BufferedProtocol):
                 for p, c in zip(msg["prompts"], contexts, strict=True)
             ]
             coro = self._subcall(rid, requests)
+        elif msg["op"] == "tool":
+            request = ToolRequest(msg["name"], msg["args"], msg["kwargs"], msg.get("cell"))
+            coro = self._tool(rid, request)
         else:
             coro = self._final(rid, msg["value"], msg["via"], msg.get("cell"))
         self._start(coro)
@@ -387,6 +420,24 @@ class _Connection(asyncio.BufferedProtocol):
                     raise outcome
             results = list(done)
         self._send({"id": rid, "results": results})
+
+    async def _tool(self, rid: int, request: ToolRequest) -> None:
+        run = getattr(self._server._handler, "tool", None)
+        if run is None:
+            message = f"this host has no tools; {request.name!r} is not one"
+            self._send({"id": rid, **_protocol_error(message, "ToolError")})
+            return
+        try:
+            text = await run(request)
+        except Exception as exc:
+            self._send({"id": rid, **_error(exc)})
+            return
+        if not isinstance(text, str):
+            self._send(
+                {"id": rid, **_protocol_error("a tool answer must be JSON text", "ToolError")}
+            )
+            return
+        self._send({"id": rid, "ok": text})
 
     async def _final(self, rid: int, value: str, via: str, cell: str | None) -> None:
         try:
@@ -431,7 +482,18 @@ def _check_request(msg: dict[str, Any]) -> str:
         if msg.get("via") not in _VIAS:
             return f"'via' must be one of {', '.join(_VIAS)}"
         return ""
-    return f"unknown op {op!r}; expected 'subcall' or 'final'"
+    if op == "tool":
+        if not isinstance(msg.get("name"), str) or not msg["name"]:
+            return "'name' must be a tool's name"
+        if not isinstance(msg.get("args"), list):
+            return "'args' must be a list"
+        kwargs = msg.get("kwargs")
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            return "'kwargs' must be an object"
+        if msg.get("cell") is not None and not isinstance(msg.get("cell"), str):
+            return "'cell' must be a string or null"
+        return ""
+    return f"unknown op {op!r}; expected 'subcall', 'tool' or 'final'"
 
 
 class BridgeServer:

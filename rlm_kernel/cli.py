@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, bundle, demo, options, verify, viewer
+from .answer import AnswerSchema
 from .errors import NotebookFormatError, UsageError
 from .fork import fork_path
 from .live import TerminalApprover, TerminalProgress
 from .run import RLM, default_notebook_path, recorded_models
+from .tools import load_tool
 from .types import Limits, RunResult
 
 EXIT_OK, EXIT_NO_ANSWER, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -154,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="store the context's text in the notebook too (up to 1,000,000 characters)",
     )
     _approve_arg(run)
+    run.add_argument(
+        "--tool",
+        action="append",
+        metavar="MODULE:FUNCTION",
+        help="a host function the model's code may call by name (repeat it; see docs/tools.md)",
+    )
+    run.add_argument(
+        "--answer-schema",
+        type=Path,
+        metavar="FILE",
+        help="a JSON Schema file the final answer must match (see docs/typed-answers.md)",
+    )
     options.add_limit_options(run)
     _output_args(run, "rlm-runs/run-<date>-<time>-<id>.ipynb")
 
@@ -308,8 +322,17 @@ def _target(args: argparse.Namespace, path: Path) -> Path:
     return path
 
 
-def _execute(rlm: RLM, question: str, context: Any, out: Path) -> RunResult:
-    return asyncio.run(rlm.arun(question, context, notebook=out))
+def _execute(
+    rlm: RLM, question: str, context: Any, out: Path, answer_schema: Any = None
+) -> RunResult:
+    return asyncio.run(rlm.arun(question, context, notebook=out, answer_schema=answer_schema))
+
+
+def _tools(args: argparse.Namespace) -> list[Any]:
+    specs = getattr(args, "tool", None) or []
+    if specs and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: modules beside the user's files
+    return [load_tool(spec) for spec in specs]
 
 
 def _report(result: RunResult, args: argparse.Namespace) -> int:
@@ -356,6 +379,7 @@ def _rlm(
         approve=approve,
         display=False,
         system_prompt=_system_prompt(args),
+        tools=_tools(args),
         **options.limit_overrides(args),
         **hooks,
     )
@@ -366,8 +390,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     context = contexts[0] if len(contexts) == 1 else contexts
     models = options.choose_models(args)
     rlm = _rlm(args, models["model"], models["sub_model"], models.get("child_model"))
+    schema = AnswerSchema.from_file(args.answer_schema) if args.answer_schema else None
     out = _target(args, args.out or default_notebook_path(uuid.uuid4().hex))
-    return _report(_execute(rlm, _question(args), context, out), args)
+    return _report(_execute(rlm, _question(args), context, out, schema), args)
 
 
 @contextlib.contextmanager

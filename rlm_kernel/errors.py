@@ -15,6 +15,7 @@ The class tree::
     ├── ReplayMiss (LookupError)           replay met a prompt the record never answered
     ├── SubcallCancelled                   a sub-call cut short by its cell's timeout
     ├── SubcallFailed (RuntimeError)       a recorded sub-call failure, replayed as recorded
+    ├── ToolError (RuntimeError)           a host tool raised; carries the tool and its class
     ├── BridgeError (ConnectionError)
     ├── NotebookFormatError (ValueError)   not a valid rlm-kernel run notebook
     ├── ReplayDiverged (RuntimeError)      re-running recorded code did not give what was recorded
@@ -113,9 +114,33 @@ class SubcallFailed(RLMKernelError, RuntimeError):
     exception (a ``BudgetExceeded`` stays a ``BudgetExceeded``) with the same message.
     """
 
-    def __init__(self, message: str, *, wire_type: str = "SubcallError", retries: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        wire_type: str = "SubcallError",
+        retries: int = 0,
+        cause: str | None = None,
+    ) -> None:
         self.wire_type = wire_type
         self.retries = retries
+        self.cause = cause
+        super().__init__(message)
+
+
+class ToolError(RLMKernelError, RuntimeError):
+    """A host tool called from the kernel raised, or its call could not be made.
+
+    It reaches the kernel's code as the runtime's ``ToolError``, with the same message.
+
+    Attributes:
+        tool: the tool's name.
+        cause: the class name of the exception the tool raised (``ValueError``, ...).
+    """
+
+    def __init__(self, message: str, *, tool: str, cause: str) -> None:
+        self.tool = tool
+        self.cause = cause
         super().__init__(message)
 
 
@@ -143,6 +168,7 @@ WIRE_TYPES: tuple[tuple[type[BaseException], str], ...] = (
     (ReplayMiss, "ReplayMiss"),
     (SubcallCancelled, "SubcallCancelled"),
     (BridgeError, "BridgeError"),
+    (ToolError, "ToolError"),
     (Exception, "SubcallError"),
 )
 HOST_CLASSES: dict[str, type[RLMKernelError]] = {
@@ -150,6 +176,7 @@ HOST_CLASSES: dict[str, type[RLMKernelError]] = {
     "ReplayMiss": ReplayMiss,
     "SubcallCancelled": SubcallCancelled,
     "BridgeError": BridgeError,
+    "ToolError": ToolError,
 }
 
 

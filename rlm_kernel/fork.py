@@ -113,6 +113,11 @@ async def replay_prefix(
             feedback = prompts.feedback(
                 reports, step=step.step, max_steps=loop.limits.max_steps, question=loop.question
             )
+            rejected = step.extra.get("answer_rejected")
+            if isinstance(rejected, dict):
+                # The model was told its answer did not match the schema: tell it again.
+                problems = [str(p) for p in rejected.get("problems") or []]
+                feedback = f"{prompts.answer_rejected(problems)}\n\n{feedback}"
             loop.tell(feedback)
             loop.steps = step.step
     finally:

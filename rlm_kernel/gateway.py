@@ -131,6 +131,7 @@ class Gateway:
         token: str,
         context_path: str | os.PathLike[str] | None,
         context_kind: str = "text",
+        extra_setup: str = "",
     ) -> GatewaySession:
         """A session set up as a run's REPL: runtime and context uploaded, bridge over TCP.
 
@@ -139,6 +140,7 @@ class Gateway:
             token: the bridge's token.
             context_path: the run's context file on the host.
             context_kind: ``"text"`` or ``"json"``.
+            extra_setup: code to run after the runtime's (the host tools' functions).
         """
         files: dict[str, str | os.PathLike[str]] = {RUNTIME_NAME: runtime.__file__}
         remote_context = None
@@ -152,7 +154,7 @@ class Gateway:
             context_path=remote_context,
             context_kind=context_kind,
         )
-        return GatewaySession(self, setup_code=setup, files=files)
+        return GatewaySession(self, setup_code=setup + extra_setup, files=files)
 
     async def check(self) -> dict[str, Any]:
         """Ask the gateway for its kernelspecs: proves it is reachable and takes the token.

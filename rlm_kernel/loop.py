@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import parse, prompts
+from .answer import AnswerSchema
 from .budget import Budget
 from .errors import BudgetExceeded, RunStopped
 from .hooks import run_hook
@@ -44,6 +45,8 @@ class StepLoop:
         service: the run's sub-call service (records, final answer).
         hooks: ``on_step`` and ``on_output`` (optional, sync or async).
         approve: the human in the loop, or ``None``.
+        answer_schema: what the final value must match; a value that does not is recorded as
+            rejected, and the model is told why and asked again (the next step).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class StepLoop:
         service: SubcallService,
         hooks: dict[str, Any],
         approve: Callable[..., Any] | None = None,
+        answer_schema: AnswerSchema | None = None,
     ) -> None:
         self.root = root
         self.question = question
@@ -67,6 +71,9 @@ class StepLoop:
         self.service = service
         self.hooks = hooks
         self.approve = approve
+        self.answer_schema = answer_schema
+        self.value: Any = None  # the checked final value, with an answer schema
+        self.rejected = 0
         self.steps = 0
         self.variables: list[str] | None = None  # the model's variable names, for the feedback
         self.messages: list[Message] = [
@@ -123,6 +130,7 @@ class StepLoop:
             rejected = found is not None and any(r.status != "ok" for r in reports)
             if found is not None and not rejected:
                 await self._take_final(session, step, len(reports) + 1, found, reports)
+            rejection = self._check_answer(step)
             self.save()
             if self.service.final_value is not None:
                 return self.service.final_value, "final"
@@ -141,6 +149,8 @@ class StepLoop:
                 limits=self.limits,
                 stop=stop,
             )
+            if rejection:
+                feedback = f"{rejection}\n\n{feedback}"
             if stop is not None:
                 return await self._last_call(session, stop, feedback), stop
             self.tell(feedback)
@@ -319,8 +329,26 @@ class StepLoop:
         self.messages.append({"role": "assistant", "content": completion.text or "(empty reply)"})
         if found := parse.final_answer(completion.text):
             await self._take_final(session, step, 1, found, [], timeout=grace)
+        self._check_answer(step)  # no step is left to ask again: a rejected value is no answer
         self.save()
         return self.service.final_value
+
+    def _check_answer(self, step: int) -> str:
+        """Check the step's final value against the answer schema; say why it was rejected.
+
+        A rejected value is recorded on its step and withdrawn, so the run goes on.
+        """
+        final = self.service.final_value
+        if final is None or self.answer_schema is None:
+            return ""
+        checked = self.answer_schema.check(final)
+        if checked.ok:
+            self.value = checked.value
+            return ""
+        self.rejected += 1
+        self.recorder.reject_answer(step=step, value=final, problems=checked.problems)
+        self.service.final_value = None
+        return prompts.answer_rejected(checked.problems)
 
 
 def spent_of(budget: Budget, steps: int) -> prompts.Spent:

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import runtime
+from . import _tools_kernel, runtime
 from .context import RecordedContext, resolve_context
 from .errors import UsageError
 from .record import ErrorRecord, ReplayBook, read
+from .tools import request_text
 
 __all__ = [
     "LiveModel",
@@ -171,6 +172,7 @@ class ReplayTransport:
         self.on_final = on_final or _print_final
         self.finals: list[str] = []
         self.subcalls = 0
+        self.tool_calls = 0
         self.live_calls = 0
         self._lock = threading.Lock()
 
@@ -181,6 +183,8 @@ class ReplayTransport:
             self.finals.append(value)
             self.on_final(value, str(payload.get("via")), self.recorded_answer)
             return {"ok": True}
+        if op == "tool":
+            return self._tool(payload)
         if op != "subcall":
             return _error("BridgeError", f"replay cannot answer a {op!r} request")
         prompts = [str(p) for p in payload.get("prompts") or []]
@@ -221,6 +225,20 @@ class ReplayTransport:
             for i, answer in zip(missed, answers, strict=True):
                 results[i] = answer
         return {"results": results}
+
+    def _tool(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A host tool call, answered from the record: the host function is never called."""
+        text = request_text(
+            str(payload.get("name")), payload.get("args") or [], payload.get("kwargs") or {}
+        )
+        with self._lock:
+            (call,) = self.book.take([text])
+            if call is None:
+                return _error("ReplayMiss", self.book.miss_message(text))
+            self.tool_calls += 1
+        if call.cancelled:
+            _wait_for_interrupt()
+        return call.result()
 
 
 @dataclasses.dataclass
@@ -299,4 +317,7 @@ def install(
     )
     if ctx.path is None:
         namespace["context"] = ctx.value()
+    tools = run.run.extra.get("tools")
+    if isinstance(tools, list) and tools:
+        _tools_kernel.install(namespace, tools)
     return ReplaySession(path, run.run.run_id, book, transport, ctx)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts, runtime
+from .answer import AnswerSchema, SchemaInput
 from .bridge import BridgeServer, socket_dir
 from .budget import Budget
 from .context import ContextInfo, ContextInput, ContextWarning, prepare
@@ -48,6 +49,7 @@ from .loop import StepLoop, spent_of
 from .record import ParentLink, Recorder, read
 from .session import KernelPool, SessionFactory
 from .subcalls import SubcallService
+from .tools import ToolBox, ToolsInput, kernel_setup
 from .tree import ChildRun, ChildRunner, children_dir
 from .types import Limits, RunResult, Status
 
@@ -139,6 +141,9 @@ class RLM:
             ``gateway_token`` (default: ``JUPYTER_GATEWAY_URL``, ``JUPYTER_GATEWAY_AUTH_TOKEN``).
         gateway_url: the gateway's URL; implies ``kernel="gateway"``.
         gateway_token: the gateway's token (kept on the host, never recorded).
+        tools: host tools the model's code may call by name: a dict name → function or a
+            list of functions (named by ``__name__``), sync or async, taking and returning
+            JSON values. Child runs get the same tools. See docs/tools.md.
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class RLM:
         kernel: str = "local",
         gateway_url: str | None = None,
         gateway_token: str | None = None,
+        tools: ToolsInput = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -204,14 +210,26 @@ class RLM:
             session = Gateway(gateway_url, gateway_token, kernel_name=kernel_name)
         self.session = session
         self.warm_kernels = warm_kernels
+        self.tools = tools
+        ToolBox(tools)  # a bad tool is a usage error now, not in the middle of a run
 
     async def arun(
         self,
         question: str,
         context: ContextInput,
         notebook: str | os.PathLike | None = None,
+        *,
+        answer_schema: SchemaInput | AnswerSchema = None,
     ) -> RunResult:
         """Answer ``question`` over ``context``, recording the run as a notebook.
+
+        Args:
+            question: what to answer.
+            context: the input (text, a list, a dict, or a path; see docs/cli.md).
+            notebook: where to write the run notebook (default: under ``rlm-runs/``).
+            answer_schema: a JSON Schema (dict) or a pydantic model class that the final
+                value must match (see docs/typed-answers.md); the parsed object is
+                ``RunResult.value``.
 
         Raises:
             UsageError: bad input (empty question, unreadable context, unknown provider, missing
@@ -219,7 +237,8 @@ class RLM:
         """
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty; ask something about the context")
-        return await self._start(question.strip(), context, notebook, fork=None)
+        schema = AnswerSchema.of(answer_schema)
+        return await self._start(question.strip(), context, notebook, fork=None, schema=schema)
 
     async def aresume(
         self,
@@ -242,7 +261,13 @@ class RLM:
         """
         fork = Fork.load(Path(notebook), from_step)
         target = Path(out) if out else fork.default_out()
-        return await self._start(fork.question, fork.context, target, fork=fork)
+        recorded = fork.run.run.extra.get("answer_schema")
+        schema = (
+            AnswerSchema(recorded["json_schema"])
+            if isinstance(recorded, dict) and isinstance(recorded.get("json_schema"), dict)
+            else None
+        )
+        return await self._start(fork.question, fork.context, target, fork=fork, schema=schema)
 
     run = run_sync(arun)
     resume = run_sync(aresume)
@@ -253,6 +278,7 @@ class RLM:
         context: ContextInput,
         notebook: str | os.PathLike | None,
         fork: Fork | None,
+        schema: AnswerSchema | None = None,
     ) -> RunResult:
         run_id = uuid.uuid4().hex[:12]
         tree = _Tree(self)
@@ -290,6 +316,7 @@ class RLM:
             hooks=hooks,
             approve=approve,
             fork=fork,
+            answer_schema=schema,
         )
         try:
             coro = tree.execute(spec)
@@ -327,6 +354,7 @@ class _RunSpec:
     hooks: dict[str, Any]
     approve: Any = None
     fork: Fork | None = None
+    answer_schema: AnswerSchema | None = None
 
 
 class _Tree:
@@ -341,6 +369,10 @@ class _Tree:
         self.child: LLM | None = None
         self.pool: KernelPool | None = None
         self.slots: asyncio.Semaphore | None = None
+        # One tool box for the whole tree: children call the same tools under the same bound.
+        self.tools = ToolBox(
+            rlm.tools, timeout=rlm.limits.tool_timeout, max_concurrency=rlm.limits.max_concurrency
+        )
 
     def resolve_models(self) -> None:
         rlm = self.rlm
@@ -354,6 +386,7 @@ class _Tree:
         return llm
 
     async def aclose(self) -> None:
+        self.tools.close()
         if self.pool is not None:
             await self.pool.aclose()
         await close_models(self.models)
@@ -383,6 +416,8 @@ class _Tree:
             max_depth=limits.max_depth,
             spent=spent_of(spec.budget.root, steps=0) if spec.depth > 1 else None,
             template=self.rlm.system_prompt,
+            tools=self.tools.describe(),
+            answer_schema=spec.answer_schema.describe() if spec.answer_schema else "",
         )
         context_meta = spec.context.to_metadata(spec.notebook.parent)
         if self.rlm.embed_context and spec.depth == 1:
@@ -401,6 +436,12 @@ class _Tree:
                 "parent": spec.parent.to_metadata() if spec.parent else None,
                 "depth": spec.depth,
                 "kernel": self._kernel_record(spec),
+                **({"tools": self.tools.specs()} if self.tools else {}),
+                **(
+                    {"answer_schema": spec.answer_schema.to_metadata()}
+                    if spec.answer_schema
+                    else {}
+                ),
             },
         )
         children = None
@@ -421,6 +462,7 @@ class _Tree:
             handoff_dir=children_dir(spec.notebook),
             on_subcall=spec.hooks.get("on_subcall"),
             on_late=recorder.update_subcalls,
+            tools=self.tools if self.tools else None,
         )
         loop = StepLoop(
             root=root,
@@ -432,6 +474,7 @@ class _Tree:
             service=service,
             hooks=spec.hooks,
             approve=spec.approve,
+            answer_schema=spec.answer_schema,
         )
         status: Status = "error"
         stop_reason: str | None = None
@@ -443,6 +486,7 @@ class _Tree:
         # A kernel elsewhere (a gateway) dials a TCP listener and gets its files uploaded;
         # a local one reaches a Unix socket and reads the host's files where they are.
         remote = getattr(factory, "bridge", None) == "tcp"
+        tool_setup = kernel_setup(self.tools.specs())
         try:
             async with BridgeServer(
                 service,
@@ -456,6 +500,7 @@ class _Tree:
                         token=bridge.token,
                         context_path=str(spec.context.path),
                         context_kind=spec.context.kind,
+                        **({"extra_setup": tool_setup} if tool_setup else {}),
                     )
                 else:
                     setup = runtime.bootstrap_code(
@@ -466,7 +511,7 @@ class _Tree:
                         context_kind=spec.context.kind,
                         handoff_dir=str(children_dir(spec.notebook)),
                     )
-                    session_cm = factory(setup_code=setup)
+                    session_cm = factory(setup_code=setup + tool_setup)
                 async with session_cm as session:
                     first = (
                         await replay_prefix(spec.fork, loop, service, session) if spec.fork else 1
@@ -495,6 +540,8 @@ class _Tree:
             with contextlib.suppress(OSError):
                 children_dir(spec.notebook).rmdir()  # made for hand-offs, and no child ran
             loop.record_totals()
+            if self.tools:
+                recorder.meta["tool_calls"] = service.tool_calls
             recorder.finish(status=status, stop_reason=stop_reason, answer=answer, error=error)
         return RunResult(
             answer=answer,
@@ -504,6 +551,8 @@ class _Tree:
             stop_reason=stop_reason,
             steps=loop.steps,
             subcalls=spec.budget.subcalls,
+            tool_calls=service.tool_calls,
+            value=loop.value if answer is not None else None,
             usage=dict(spec.budget.usage),
             cost_usd=spec.budget.cost_usd,
             duration_s=spec.budget.elapsed(),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import keyword
 import mmap
@@ -46,6 +47,7 @@ __all__ = [
     "ReplayMiss",
     "SocketTransport",
     "SubcallError",
+    "ToolError",
     "Transport",
     "bootstrap_code",
     "install",
@@ -744,6 +746,44 @@ def _size_of(value: object) -> str:
         return ""
 
 
+# --------------------------------------------------------------------------- host tools
+
+
+class ToolError(RuntimeError):
+    """A host tool raised, or could not be called (a result that is not JSON, a time limit).
+
+    Attributes:
+        tool: the tool's name.
+        type: the class name of the exception raised on the host (``ValueError``, ...).
+        message: that exception's message.
+    """
+
+    def __init__(self, message: str, *, tool: str | None = None, type: str | None = None) -> None:
+        # "ValueError: ..." as a foreign exception's sub-call error reads.
+        super().__init__(f"{type}: {message}" if type else message)
+        self.tool = tool
+        self.type = type
+        self.message = message
+
+
+ERROR_TYPES["ToolError"] = ToolError
+
+
+def _call_tool(host: _Host, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call the host tool ``name`` (JSON arguments) and return its JSON result, decoded."""
+    if host.transport is None:
+        raise BridgeError(f"{name} is a host tool, and this kernel is not connected to a host")
+    payload = {"name": name, "args": args, "kwargs": kwargs, "cell": host.cells.of_caller()}
+    response = host.transport.request("tool", payload)
+    error = response.get("error")
+    if isinstance(error, dict) and error.get("type") == "ToolError":
+        raise ToolError(str(error.get("message") or ""), tool=name, type=error.get("cause"))
+    _raise_for(response)
+    if not isinstance(response.get("ok"), str):
+        raise BridgeError(f"the host sent a malformed answer to the tool {name}")
+    return json.loads(response["ok"])
+
+
 class _AnswerWatch:
     """After each cell, send ``answer["content"]`` once ``answer["ready"]`` is true."""
 
@@ -797,6 +837,9 @@ def install(
     )
     namespace.update(functions)
     namespace["_rlm_functions"] = functions
+    # What host tools call, and raise (installed by name later: rlm_kernel/_tools_kernel.py).
+    namespace["_rlm_call_tool"] = functools.partial(_call_tool, host)
+    namespace["_rlm_ToolError"] = ToolError
     namespace["answer"] = {"content": None, "ready": False}
     if shell is not None:
         for event, hook in namespace.get("_rlm_hooks", []):

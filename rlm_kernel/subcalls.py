@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .bridge import SubcallRequest
+from .bridge import SubcallRequest, ToolRequest
 from .budget import Budget
-from .errors import BridgeError
+from .errors import BridgeError, ToolError
 from .hooks import run_hook
 from .llm import LLM, resolve
 from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
+from .tools import ToolBox, request_text
 from .types import Limits
 
 __all__ = ["ChildStarter", "SubcallService"]
@@ -49,6 +51,8 @@ class SubcallService:
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
         on_late: called as ``on_late(cell_id, records)`` when a recorded cell's sub-calls
             change after it was recorded.
+        tools: the host tools the kernel's code may call (recorded like sub-calls, kind
+            ``tool``, but no model calls: they spend no tokens and no sub-call budget).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class SubcallService:
         handoff_dir: Path | None = None,
         on_subcall: Callable[..., Any] | None = None,
         on_late: Callable[[str, list[SubcallRecord]], Awaitable[None] | None] | None = None,
+        tools: ToolBox | None = None,
     ) -> None:
         self.sub = sub
         self.budget = budget
@@ -72,6 +77,8 @@ class SubcallService:
         self.models: dict[str, LLM] = {sub.name: sub}
         self.book: ReplayBook | None = None
         self.final_value: str | None = None
+        self.tools = tools
+        self.tool_calls = 0
         self._ids = 0
         self._cells: dict[str | None, list[SubcallRecord]] = {}
         self._recorded: set[str] = set()
@@ -120,6 +127,49 @@ class SubcallService:
         finally:
             if handoff is not None:
                 handoff.unlink(missing_ok=True)
+            await run_hook(self.on_subcall, record=record)
+            if request.cell in self._recorded and self.on_late is not None:
+                await run_hook(self.on_late, request.cell, self._cells[request.cell])
+
+    async def tool(self, request: ToolRequest) -> str:
+        """Run one host tool call and record it on its cell; return its result's JSON text."""
+        text = request_text(request.name, request.args, request.kwargs)
+        if self.book is not None:
+            return await self._from_book(text)
+        self._ids += 1
+        self.tool_calls += 1
+        record = SubcallRecord(
+            id=self._ids,
+            kind="tool",
+            model=request.name,
+            prompt_sha256=prompt_sha256(text),
+            prompt_chars=len(text),
+            prompt_preview=text[:PROMPT_PREVIEW_CHARS],
+            cell=request.cell,
+        )
+        if request.cell in self._recorded:
+            record.note = "made after its cell had finished (a thread that outlived the cell)"
+        self._cells.setdefault(request.cell, []).append(record)
+        started = time.monotonic()
+        try:
+            if self.tools is None:
+                raise ToolError(
+                    f"this run has no host tools; {request.name!r} is not one",
+                    tool=request.name,
+                    cause="NameError",
+                )
+            record.response = await self.tools.call(request.name, request.args, request.kwargs)
+            return record.response
+        except asyncio.CancelledError:
+            record.error = ErrorRecord(
+                "SubcallCancelled", "cut short: the cell's time limit ran out or the run stopped"
+            )
+            raise
+        except Exception as e:
+            record.error = ErrorRecord.from_exception(e)
+            raise
+        finally:
+            record.latency_s = round(time.monotonic() - started, 4)
             await run_hook(self.on_subcall, record=record)
             if request.cell in self._recorded and self.on_late is not None:
                 await run_hook(self.on_late, request.cell, self._cells[request.cell])

@@ -50,6 +50,9 @@ class Limits:
     )
     max_cell_output_bytes: int = limit(1_000_000, "output bytes of one cell kept in the notebook")
     max_concurrency: int = limit(16, "sub-calls the host runs at once")
+    tool_timeout: float | None = limit(
+        60.0, "seconds one host tool call may take (tools are not sub-calls)", metavar="S"
+    )
     max_tokens: int = limit(16_000, "output-token cap of each root-model reply")
     sub_max_tokens: int = limit(8_000, "output-token cap of each sub-model reply")
 
@@ -126,9 +129,19 @@ class Completion:
     stop_reason: str | None = None
 
 
+def _plain(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)  # a pydantic model instance: its JSON data
+    return dump(mode="json") if callable(dump) else value
+
+
 @dataclass
 class RunResult:
-    """What a run produced; the notebook holds the full record."""
+    """What a run produced; the notebook holds the full record.
+
+    ``value`` is the parsed final value of a run with an answer schema (a pydantic model
+    instance when the schema is one), else ``None``. ``tool_calls`` counts the host tool calls
+    of the run's own code; they are not ``subcalls``.
+    """
 
     answer: str | None
     status: Status
@@ -143,6 +156,8 @@ class RunResult:
     error: str | None = None
     models: dict[str, str] = field(default_factory=dict)
     children: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: int = 0
+    value: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` form: answer, status, notebook, steps, subcalls, usage, cost, time."""
@@ -159,4 +174,6 @@ class RunResult:
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
             "children": len(self.children),
+            "tool_calls": self.tool_calls,
+            **({"value": _plain(self.value)} if self.value is not None else {}),
         }

@@ -15,7 +15,7 @@ PACKAGE = Path(rlm_kernel.__file__).parent
 # the layers below it, never above: the run core never imports the user interface, the record
 # never imports the engine, and the kernel runtime imports nothing of ours.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("kernel", {"runtime", "upload", "_dspy_kernel"}),
+    ("kernel", {"runtime", "upload", "_dspy_kernel", "_tools_kernel"}),
     ("base", {"errors", "types", "llm", "hooks"}),
     ("record", {"record"}),
     (
@@ -33,6 +33,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "parse",
             "prompts",
             "budget",
+            "tools",
+            "answer",
         },
     ),
     ("run", {"run", "loop", "subcalls", "tree", "fork", "replay", "verify", "batching"}),

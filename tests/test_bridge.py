@@ -185,7 +185,7 @@ def test_malformed_requests_get_protocol_errors(served):
             "id": 5,
             "error": {
                 "type": "ProtocolError",
-                "message": "unknown op 'launch'; expected 'subcall' or 'final'",
+                "message": "unknown op 'launch'; expected 'subcall', 'tool' or 'final'",
                 "retries": 0,
             },
         }

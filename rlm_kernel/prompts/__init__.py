@@ -250,6 +250,23 @@ def _functions(
     return "\n".join(lines)
 
 
+def _tools(described: str, limits: Limits) -> str:
+    if not described:
+        return ""
+    deadline = (
+        f"each call may take at most {limits.tool_timeout:g} s"
+        if limits.tool_timeout
+        else "they have no deadline of their own"
+    )
+    return (
+        "\n\nHost tools: functions that run on the host, not in the REPL; call them by name "
+        "with JSON values (str, numbers, bool, None, lists, dicts) and get JSON values back. "
+        f"They are not sub-calls (no tokens, no sub-call budget), and {deadline}. "
+        "A failure in a tool raises `ToolError` (`e.type` is the tool's exception class, "
+        "`e.message` its message).\n" + described
+    )
+
+
 def _money(x: float) -> str:
     # Cents, unless the sum is small enough that cents would show nothing.
     return f"${x:,.2f}" if x >= 0.1 or x == 0 else f"${x:.4f}"
@@ -317,6 +334,8 @@ def system_prompt(
     max_depth: int | None = None,
     spent: Spent | None = None,
     template: str | None = None,
+    tools: str = "",
+    answer_schema: str = "",
 ) -> str:
     """The system prompt of one run, true for its context, models, depth and limits.
 
@@ -331,6 +350,8 @@ def system_prompt(
         spent: for a child run, what the shared budgets have used already.
         template: a template with the placeholders of :data:`PLACEHOLDERS`; ``None`` uses
             :data:`SYSTEM_PROMPT`.
+        tools: the host tools, one entry each (``rlm_kernel.tools.ToolBox.describe``).
+        answer_schema: the JSON Schema the final answer must match, as JSON text.
     """
     top = limits.max_depth if max_depth is None else max_depth
     sizing = subcall_sizing(sub_model, limits)
@@ -346,7 +367,8 @@ def system_prompt(
         ),
         "repl_functions": _functions(
             sub_model=sub_model, models=models, depth=depth, max_depth=top, limits=limits
-        ),
+        )
+        + _tools(tools, limits),
         "run_limits": _limits(limits, spent),
         "subcall_sizing": sizing_text(sizing, sub_model),
         "examples": examples(info, sizing),
@@ -356,7 +378,30 @@ def system_prompt(
         "chunk_chars": f"{sizing.target_chars:,}",
         "sub_model": sub_model,
     }
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template or SYSTEM_PROMPT)
+    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template or SYSTEM_PROMPT)
+    if answer_schema:
+        text += ANSWER_SCHEMA.format(schema=answer_schema)
+    return text
+
+
+ANSWER_SCHEMA = """
+
+## The form of the answer
+The final answer must be a JSON value matching this JSON Schema. Finish with \
+`FINAL(json.dumps(value))` in code (or `FINAL_VAR` of a variable holding that JSON text); an \
+answer that does not match is rejected, you are told why, and you answer again.
+```json
+{schema}
+```"""
+
+
+def answer_rejected(problems: Sequence[str]) -> str:
+    """What the model is told when its final answer does not match the answer schema."""
+    listed = "\n".join(f"- {p}" for p in problems)
+    return (
+        "Your final answer was rejected: it does not match the answer schema.\n"
+        f"{listed}\nFix these and finish again with the corrected JSON."
+    )
 
 
 def estimate_tokens(text: str) -> int:

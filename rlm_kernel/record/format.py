@@ -25,6 +25,7 @@ STEP_TAG = "rlm-step"
 CODE_TAG = "rlm-code"
 FINAL_TAG = "rlm-final"
 ANSWER_TAG = "rlm-answer"
+REJECTED_TAG = "rlm-answer-rejected"
 
 SUMMARY_CELL_ID = "rlm-summary"
 SETUP_CELL_ID = "rlm-setup"
@@ -51,6 +52,17 @@ def prompt_sha256(prompt: str) -> str:
 def step_markdown(step: int, prose: str) -> str:
     """The source of a step's markdown cell: a heading, then the model's prose."""
     return f"### Step {step}\n\n{prose}"
+
+
+def rejected_markdown(step: int, value: str, problems: list[str]) -> str:
+    """A note saying a step's final value did not match the answer schema, and why."""
+    shown = value if len(value) <= 2000 else value[:1999] + "…"
+    lines = "\n".join(f"- {p}" for p in problems)
+    fence = "````" if "```" in shown else "```"
+    return (
+        f"**Answer rejected at step {step}**: it does not match the answer schema, so the "
+        f"model was asked again.\n\n{fence}\n{shown}\n{fence}\n\n{lines}"
+    )
 
 
 def step_prose(source: str) -> str:

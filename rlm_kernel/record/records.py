@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import SubcallFailed, wire_type
+from ..errors import SubcallFailed, ToolError, wire_type
 from ..types import Usage
 
 __all__ = [
@@ -41,17 +41,21 @@ class ErrorRecord:
             (``SubcallError``, ``BudgetExceeded``, ``ReplayMiss``, ``SubcallCancelled``, ...).
         message: what the exception says.
         retries: HTTP attempts the model SDK repeated before giving up.
+        cause: for a ``ToolError``, the class name of the exception the host tool raised.
     """
 
     type: str
     message: str
     retries: int = 0
+    cause: str | None = None
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorRecord:
         """The record of a host exception, typed by :data:`rlm_kernel.errors.WIRE_TYPES`."""
         if isinstance(exc, SubcallFailed):
-            return cls(exc.wire_type, str(exc), exc.retries)
+            return cls(exc.wire_type, str(exc), exc.retries, exc.cause)
+        if isinstance(exc, ToolError):
+            return cls("ToolError", str(exc), 0, exc.cause)
         text, name = str(exc), type(exc).__name__
         if wire_type(exc) == "SubcallError" and not _is_ours(exc):
             message = f"{name}: {text}" if text else name  # a foreign exception: keep its class
@@ -69,6 +73,7 @@ class ErrorRecord:
                 str(value.get("type") or "SubcallError"),
                 str(value.get("message") or ""),
                 int(value.get("retries") or 0),
+                str(value["cause"]) if value.get("cause") else None,
             )
         text = str(value)
         head, sep, rest = text.partition(": ")
@@ -77,12 +82,17 @@ class ErrorRecord:
         return cls("SubcallError", text)
 
     def to_metadata(self) -> dict[str, Any]:
-        """The JSON form ``{type, message, retries}``."""
-        return {"type": self.type, "message": self.message, "retries": self.retries}
+        """The JSON form ``{type, message, retries}`` (and ``cause`` when there is one)."""
+        data: dict[str, Any] = {"type": self.type, "message": self.message, "retries": self.retries}
+        if self.cause is not None:
+            data["cause"] = self.cause
+        return data
 
     def to_exception(self) -> SubcallFailed:
         """A host exception that travels back to the kernel as this very record."""
-        return SubcallFailed(self.message, wire_type=self.type, retries=self.retries)
+        return SubcallFailed(
+            self.message, wire_type=self.type, retries=self.retries, cause=self.cause
+        )
 
 
 def _is_ours(exc: BaseException) -> bool:

@@ -233,6 +233,26 @@ class Recorder:
         self._update_row(stats)
         return True
 
+    def reject_answer(self, *, step: int, value: str, problems: Sequence[str]) -> None:
+        """Record that a step's final value did not match the answer schema (until save).
+
+        The step's cell keeps ``answer_rejected {value, problems}`` in its ``metadata.rlm``
+        (what a fork tells the model again), and a note after the step shows it to readers.
+        """
+        rejected = {"value": value, "problems": list(problems)}
+        index = self._index.get(f"step-{step}")
+        if index is not None:
+            cell = self.nb.cells[index]
+            cell.metadata.rlm["answer_rejected"] = nbformat.from_dict(rejected)
+            self._cell_json[index] = b",\n" + _cell_json(cell)
+        note = self._new_cell(
+            "markdown",
+            cell_id=f"step-{step}-rejected",
+            source=fmt.rejected_markdown(step, value, list(problems)),
+            metadata={"tags": [fmt.REJECTED_TAG]},
+        )
+        self._append(note)
+
     def save(self) -> None:
         """Validate what changed since the last save and write the notebook atomically.
 
