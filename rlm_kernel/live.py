@@ -31,9 +31,17 @@ from typing import Any, TextIO
 
 from . import parse
 from .errors import NotebookFormatError, RunStopped, UsageError
-from .progress import ChildState, ChildTracker, TerminalProgress, cost_text, one_line, plural
+from .progress import (
+    ChildState,
+    ChildTracker,
+    TerminalProgress,
+    cost_text,
+    one_line,
+    plural,
+    start_line,
+)
 from .record import SubcallRecord, read
-from .types import RunResult, Usage
+from .types import Limits, RunResult, Usage
 
 __all__ = [
     "LiveDisplay",
@@ -532,6 +540,8 @@ def attach(
     notebook: Path,
     max_steps: int,
     question: str,
+    models: dict[str, str] | None = None,
+    limits: Limits | None = None,
 ) -> tuple[dict[str, Any], Any, LiveDisplay | None]:
     """Choose the hooks, the approver and the live display of one run.
 
@@ -562,6 +572,8 @@ def attach(
             approver = WidgetApprover()
     if display is None and not jupyter and not any(hooks.values()) and sys.stderr.isatty():
         # In a terminal the same information is a line per step on stderr.
+        if models is not None and limits is not None:
+            print(start_line(models, limits), file=sys.stderr, flush=True)
         return TerminalProgress(notebook=notebook).hooks(), approver, None
     if display is None:
         display = jupyter and not any(hooks.values()) and _has_ipywidgets()
@@ -578,7 +590,8 @@ def attach(
         from IPython.display import display as show
 
         show(live.widget)
-    merged = {name: _both(hooks.get(name), hook) for name, hook in live.hooks().items()}
+    merged = {**hooks}  # the caller's other hooks (on_step_end) run as given
+    merged.update({name: _both(hooks.get(name), hook) for name, hook in live.hooks().items()})
     return merged, approver, live
 
 

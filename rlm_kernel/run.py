@@ -49,8 +49,8 @@ __all__ = ["RLM", "check_notebook_path", "recorded_models", "run_sync", "set_def
 RUNS_DIR = "rlm-runs"
 # What shows a run when the caller asked for nothing in particular: registered by the user
 # interface (rlm_kernel.live), called as attach(display=, hooks=, approve=, notebook=,
-# max_steps=, question=) and returning (hooks, approve, display_or_None); a display has
-# ``run(coro)``, which runs the run under it (e.g. with a Stop button).
+# max_steps=, question=, models=, limits=) and returning (hooks, approve, display_or_None); a
+# display has ``run(coro)``, which runs the run under it (e.g. with a Stop button).
 _default_display: Callable[..., tuple[dict[str, Any], Any, Any]] | None = None
 
 
@@ -101,6 +101,10 @@ class RLM:
         on_step: hook called after each model reply as ``on_step(step=, max_steps=, text=,
             blocks=, usage=, subcalls=, cost_usd=, elapsed_s=)``.
         on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
+        on_step_end: hook called once a step's code has run, as ``on_step_end(step=,
+            max_steps=, blocks=, step_subcalls=, usage=, subcalls=, cost_usd=, elapsed_s=,
+            last_call=)``: ``blocks`` the blocks that ran, ``step_subcalls`` the sub-calls they
+            made, the other figures the run's totals so far.
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
         on_child: hook called as ``on_child(event=, notebook=, depth=, question=, result=)``
             when a child run starts (``event="start"``, ``result=None``), after each of its
@@ -143,6 +147,7 @@ class RLM:
         limits: Limits | None = None,
         on_step: Hook | None = None,
         on_output: Hook | None = None,
+        on_step_end: Hook | None = None,
         on_subcall: Hook | None = None,
         on_child: Hook | None = None,
         kernel_name: str = "python3",
@@ -179,6 +184,7 @@ class RLM:
         self.hooks = {
             "on_step": on_step,
             "on_output": on_output,
+            "on_step_end": on_step_end,
             "on_subcall": on_subcall,
             "on_child": on_child,
         }
@@ -266,6 +272,8 @@ class RLM:
                     notebook=nb_path,
                     max_steps=self.limits.max_steps,
                     question=question,
+                    models={"root": tree.root.name, "sub": tree.sub.name},
+                    limits=self.limits,
                 )
             elif approve is True:
                 raise UsageError("approve=True needs a display to ask in; pass approve=a function")
@@ -473,6 +481,7 @@ class _Tree:
             raise
         except RLMKernelError as e:
             error = str(e)
+            stop_reason = getattr(e, "stop_reason", None)  # e.g. model_error: a refused model
         except Exception as e:  # the notebook records any failure before it propagates
             error = f"{type(e).__name__}: {e}"
             raise
@@ -527,6 +536,9 @@ class _Tree:
         async def on_step(**step: Any) -> None:
             await run_hook(on_child, event="step", result=None, **common, **step)
 
+        async def on_step_end(**step: Any) -> None:
+            await run_hook(on_child, event="step_end", result=None, **common, **step)
+
         spec = _RunSpec(
             question=child.question,
             context=child.context,
@@ -536,7 +548,11 @@ class _Tree:
             budget=child.budget,
             parent=child.parent,
             # A display follows a child's steps through the one hook it gave for children.
-            hooks={"on_child": on_child, "on_step": on_step if on_child is not None else None},
+            hooks={
+                "on_child": on_child,
+                "on_step": on_step if on_child is not None else None,
+                "on_step_end": on_step_end if on_child is not None else None,
+            },
         )
         result = await self.execute(spec)
         await run_hook(on_child, event="end", result=result, **common)
