@@ -151,6 +151,7 @@ def test_the_demo_with_a_key_names_its_models_and_runs_under_a_cost_cap(
     assert f"at most {cap}" in err and "--max-cost changes it" in err
     meta = nbformat.read(tmp_path / "d" / "demo-run.ipynb", as_version=4).metadata.rlm
     assert meta.limits.max_cost_usd == demo.DEFAULT_COST_CAP_USD
+    fake_model_server.add_model(root, ScriptedModel(demo.SCRIPTED_ROOT_REPLIES))  # replies anew
     assert main(["demo", "--dir", str(tmp_path / "e"), "--max-cost", "2", "--quiet"]) == 0
     meta = nbformat.read(tmp_path / "e" / "demo-run.ipynb", as_version=4).metadata.rlm
     assert meta.limits.max_cost_usd == 2
