@@ -23,7 +23,7 @@ from . import __version__, bundle, demo, options, verify, viewer
 from .errors import NotebookFormatError, UsageError
 from .fork import fork_path
 from .live import TerminalApprover, TerminalProgress
-from .progress import start_line, totals_line
+from .progress import totals_line
 from .run import RLM, default_notebook_path, recorded_models
 from .types import Limits, RunResult
 
@@ -359,8 +359,6 @@ def _rlm(
         **options.limit_overrides(args),
         **hooks,
     )
-    if hooks:
-        print(start_line({"root": model, "sub": sub_model}, rlm.limits), file=sys.stderr)
     return rlm
 
 

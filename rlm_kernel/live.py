@@ -38,10 +38,9 @@ from .progress import (
     cost_text,
     one_line,
     plural,
-    start_line,
 )
 from .record import SubcallRecord, read
-from .types import Limits, RunResult, Usage
+from .types import RunResult, Usage
 
 __all__ = [
     "LiveDisplay",
@@ -540,8 +539,6 @@ def attach(
     notebook: Path,
     max_steps: int,
     question: str,
-    models: dict[str, str] | None = None,
-    limits: Limits | None = None,
 ) -> tuple[dict[str, Any], Any, LiveDisplay | None]:
     """Choose the hooks, the approver and the live display of one run.
 
@@ -572,8 +569,6 @@ def attach(
             approver = WidgetApprover()
     if display is None and not jupyter and not any(hooks.values()) and sys.stderr.isatty():
         # In a terminal the same information is a line per step on stderr.
-        if models is not None and limits is not None:
-            print(start_line(models, limits), file=sys.stderr, flush=True)
         return TerminalProgress(notebook=notebook).hooks(), approver, None
     if display is None:
         display = jupyter and not any(hooks.values()) and _has_ipywidgets()

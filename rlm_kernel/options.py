@@ -69,9 +69,9 @@ class Option:
         """The help text with its default, as ``--help`` shows it."""
         # A limit whose flag is not its Python name says the Python name too.
         python = (
-            "" if self.flag == "--" + self.name.replace("_", "-") else f"; {self.name} in Python"
+            "" if self.flag == "--" + self.name.replace("_", "-") else f"; in Python: {self.name}"
         )
-        return f"{self.help} (default: {_shown(self.default)}{python})"
+        return f"{self.help} (default: {_shown(self.default)}){python}"
 
 
 def _shown(value: Any) -> str:

@@ -206,6 +206,9 @@ class TerminalProgress:
         self.tracker = ChildTracker(notebook) if notebook is not None else None
         self._failures: set[str] = set()
 
+    def on_start(self, *, models: dict[str, str], limits: Any, **_: Any) -> None:
+        self._print(start_line(models, limits))
+
     def on_step_end(self, *, step, max_steps, blocks, step_subcalls, usage, cost_usd, **kw):
         last = " (last call)" if kw.get("last_call") else ""
         self._print(
@@ -248,8 +251,9 @@ class TerminalProgress:
             )
 
     def hooks(self) -> dict[str, Any]:
-        """The ``on_step_end``, ``on_output``, ``on_subcall`` and ``on_child`` hooks of ``RLM``."""
+        """The ``on_start``, ``on_step_end``, ``on_output``, ``on_subcall``, ``on_child`` hooks."""
         return {
+            "on_start": self.on_start,
             "on_step_end": self.on_step_end,
             "on_output": self.on_output,
             "on_subcall": self.on_subcall,

@@ -49,8 +49,8 @@ __all__ = ["RLM", "check_notebook_path", "recorded_models", "run_sync", "set_def
 RUNS_DIR = "rlm-runs"
 # What shows a run when the caller asked for nothing in particular: registered by the user
 # interface (rlm_kernel.live), called as attach(display=, hooks=, approve=, notebook=,
-# max_steps=, question=, models=, limits=) and returning (hooks, approve, display_or_None); a
-# display has ``run(coro)``, which runs the run under it (e.g. with a Stop button).
+# max_steps=, question=) and returning (hooks, approve, display_or_None); a display has
+# ``run(coro)``, which runs the run under it (e.g. with a Stop button).
 _default_display: Callable[..., tuple[dict[str, Any], Any, Any]] | None = None
 
 
@@ -101,6 +101,9 @@ class RLM:
         on_step: hook called after each model reply as ``on_step(step=, max_steps=, text=,
             blocks=, usage=, subcalls=, cost_usd=, elapsed_s=)``.
         on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
+        on_start: hook called once the input is checked and the run begins, as
+            ``on_start(models=, limits=, notebook=)``: the root and sub-model names, the
+            :class:`~rlm_kernel.types.Limits` and the notebook's path.
         on_step_end: hook called once a step's code has run, as ``on_step_end(step=,
             max_steps=, blocks=, step_subcalls=, usage=, subcalls=, cost_usd=, elapsed_s=,
             last_call=)``: ``blocks`` the blocks that ran, ``step_subcalls`` the sub-calls they
@@ -147,6 +150,7 @@ class RLM:
         limits: Limits | None = None,
         on_step: Hook | None = None,
         on_output: Hook | None = None,
+        on_start: Hook | None = None,
         on_step_end: Hook | None = None,
         on_subcall: Hook | None = None,
         on_child: Hook | None = None,
@@ -184,6 +188,7 @@ class RLM:
         self.hooks = {
             "on_step": on_step,
             "on_output": on_output,
+            "on_start": on_start,
             "on_step_end": on_step_end,
             "on_subcall": on_subcall,
             "on_child": on_child,
@@ -272,8 +277,6 @@ class RLM:
                     notebook=nb_path,
                     max_steps=self.limits.max_steps,
                     question=question,
-                    models={"root": tree.root.name, "sub": tree.sub.name},
-                    limits=self.limits,
                 )
             elif approve is True:
                 raise UsageError("approve=True needs a display to ask in; pass approve=a function")
@@ -293,6 +296,12 @@ class RLM:
             fork=fork,
         )
         try:
+            await run_hook(
+                hooks.get("on_start"),
+                models={"root": tree.root.name, "sub": tree.sub.name},
+                limits=self.limits,
+                notebook=nb_path,
+            )
             coro = tree.execute(spec)
             return await (display.run(coro) if display is not None else coro)
         finally:
