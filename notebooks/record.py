@@ -74,11 +74,12 @@ QUICKSTART_EXTRA = """
 ## Run it yourself, with a real model
 
 The code below is for your terminal, not for this notebook (which replays without a key).
-Install rlm-kernel and set an Anthropic key; the demo then asks real Claude models the question
+Install rlm-kernel (from a clone of its repository until it is published) and set an
+Anthropic key; the demo then asks real Claude models the question
 of this notebook over a generated file of 3,000 tickets:
 
 ```bash
-pip install rlm-kernel
+pip install .                           # in the clone of the repository
 export ANTHROPIC_API_KEY=...
 rlm-kernel demo --dir rlm-demo          # writes rlm-demo/demo-run.ipynb
 rlm-kernel run --question "Which customer reports the most billing problems?" \\

@@ -5,15 +5,23 @@ where the copy's ``metadata.rlm.context.path`` points, checked against the recor
 ``binder/requirements.txt`` that installs rlm-kernel and JupyterLab, and a short ``README.md``.
 Push the folder to a GitHub repository and :func:`binder_url` opens the notebook on mybinder.org;
 *Run All* there replays the run without an API key. See ``docs/sharing.md``.
+
+A bundle is self-contained: it carries the wheel of the rlm-kernel that made it
+(:func:`own_wheel`, under ``binder/``), and its requirements install that wheel by a relative
+path, so Binder builds it whether or not a package index has this version.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
@@ -23,12 +31,18 @@ from .errors import ContextError, NotebookFormatError, OutputPathError, UsageErr
 from .record import RunNotebook, read, relocate, write_notebook
 from .tree import children_dir
 
-__all__ = ["Bundle", "binder_url", "bundle_run", "requirements"]
+__all__ = ["Bundle", "binder_url", "bundle_run", "own_wheel", "requirements"]
 
 BINDER_BASE = "https://mybinder.org/v2/gh"
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 # Names the bundle itself uses at its top level; a context file must not take them.
 _RESERVED = ("binder", "README.md")
+DIST_NAME = "rlm-kernel"
+# What a wheel must not carry from an installed package folder.
+_SKIPPED_PARTS = frozenset({"__pycache__"})
+_SKIPPED_SUFFIXES = (".pyc", ".pyo")
+# Files of an installed dist-info that describe the installation, not the package.
+_INSTALL_ONLY = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "WHEEL"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +59,7 @@ class Bundle:
         requirements: ``binder/requirements.txt``.
         readme: the folder's ``README.md``.
         binder_url: the URL opening the notebook on mybinder.org, when a repository was given.
+        wheel: the wheel of rlm-kernel that ``requirements`` installs, under ``binder/``.
     """
 
     dir: Path
@@ -54,6 +69,7 @@ class Bundle:
     requirements: Path
     readme: Path
     binder_url: str | None = None
+    wheel: Path | None = None
 
     def describe(self) -> str:
         """One line naming what the folder holds."""
@@ -63,6 +79,8 @@ class Bundle:
             parts.append(f"{rel} (context{', path rewritten' if self.context_moved else ''})")
         else:
             parts.append("context embedded in the notebook")
+        if self.wheel is not None:
+            parts.append(f"binder/{self.wheel.name}")
         parts += ["binder/requirements.txt", "README.md"]
         return f"bundle {self.dir}: " + ", ".join(parts)
 
@@ -86,9 +104,93 @@ def binder_url(repo: str, ref: str, path: str) -> str:
     return f"{BINDER_BASE}/{repo}/{quote(ref, safe='/')}?urlpath=lab/tree/{quote(path, safe='/')}"
 
 
-def requirements() -> str:
-    """The ``binder/requirements.txt`` of a bundle: this rlm-kernel or newer, and JupyterLab."""
-    return f"rlm-kernel>={__version__}\njupyterlab\n"
+def requirements(wheel: str | None = None) -> str:
+    """The ``binder/requirements.txt`` of a bundle: rlm-kernel and JupyterLab.
+
+    Args:
+        wheel: the name of the wheel that sits beside the file; without one, this rlm-kernel
+            version or newer from the package index.
+    """
+    # pip reads a path in a requirements file relative to the folder pip runs in; Binder runs
+    # it from the repository root, where the bundle's binder/ folder is.
+    own = f"./binder/{wheel}" if wheel else f"rlm-kernel>={__version__}"
+    return f"{own}\njupyterlab\nipywidgets\n"
+
+
+def own_wheel(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """A wheel of the rlm-kernel running now, built from its installed files and cached.
+
+    The wheel holds the package folder as Python imports it (for an editable install, the
+    source tree) and the installed distribution's metadata, so it installs the same code
+    anywhere without a build step or a package index. Wheels are cached per version and content
+    in ``cache_dir`` (default ``$XDG_CACHE_HOME/rlm-kernel/wheels``, else
+    ``~/.cache/rlm-kernel/wheels``).
+
+    Raises:
+        UsageError: rlm-kernel is not installed as a distribution (run from a bare source tree),
+            so there is no metadata to put in a wheel.
+    """
+    try:
+        dist = importlib.metadata.distribution(DIST_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        raise UsageError(
+            "rlm-kernel is not installed, so a bundle cannot carry it: install it first "
+            "(pip install . in its source folder)"
+        ) from None
+    version = dist.version
+    package = Path(__file__).resolve().parent
+    files = sorted(
+        p
+        for p in package.rglob("*")
+        if p.is_file()
+        and not _SKIPPED_PARTS.intersection(p.relative_to(package).parts)
+        and not p.name.startswith(".")
+        and not p.name.endswith(_SKIPPED_SUFFIXES)
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    name = f"rlm_kernel-{version}-py3-none-any.whl"
+    folder = Path(cache_dir) if cache_dir is not None else _cache_root() / "wheels"
+    target = folder / f"{version}-{digest.hexdigest()[:16]}" / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    entries = [(p.relative_to(package.parent).as_posix(), p.read_bytes()) for p in files]
+    info = f"rlm_kernel-{version}.dist-info"
+    for meta in dist.files or []:
+        parts = PurePosixPath(str(meta)).parts
+        if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] not in _INSTALL_ONLY:
+            entries.append((f"{info}/{parts[1]}", Path(str(dist.locate_file(meta))).read_bytes()))
+    wheel_meta = (
+        "Wheel-Version: 1.0\nGenerator: rlm-kernel bundle\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n"
+    )
+    entries.append((f"{info}/WHEEL", wheel_meta.encode()))
+    record = [f"{arcname},sha256={_b64_sha256(data)},{len(data)}" for arcname, data in entries]
+    entries.append((f"{info}/RECORD", ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()))
+    # Written beside the target and moved into place: a cached wheel is always whole.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".whl.part")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for arcname, data in entries:
+                zf.writestr(arcname, data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rlm-kernel"
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def bundle_run(
@@ -148,7 +250,11 @@ def bundle_run(
             # folder, so the folder is copied as it is.
             shutil.copytree(tree, work / tree.name, ignore=shutil.ignore_patterns(".handoff-*"))
         (work / "binder").mkdir()
-        (work / "binder" / "requirements.txt").write_text(requirements(), encoding="utf-8")
+        built = own_wheel()
+        wheel = shutil.copyfile(built, work / "binder" / built.name)
+        (work / "binder" / "requirements.txt").write_text(
+            requirements(wheel.name), encoding="utf-8"
+        )
         ctx_name = rel if found.path is not None else None
         readme = _readme(run, source.name, ctx_name, url)
         (work / "README.md").write_text(readme, encoding="utf-8")
@@ -167,6 +273,7 @@ def bundle_run(
         requirements=dest / "binder" / "requirements.txt",
         readme=dest / "README.md",
         binder_url=url,
+        wheel=dest / "binder" / wheel.name,
     )
 
 
@@ -234,7 +341,8 @@ Root model `{models.get("root")}`, sub-model `{models.get("sub")}`.
 
 - `{name}`: the run notebook: every step the model took, its code and the kernel's outputs
 {ctx}
-- `binder/requirements.txt`: what Binder (or you) installs: rlm-kernel and JupyterLab
+- `binder/requirements.txt`: what Binder (or you) installs: rlm-kernel, from the wheel beside it
+  (the version that recorded this run), and JupyterLab
 
 ## Open it
 
@@ -243,7 +351,7 @@ Root model `{models.get("root")}`, sub-model `{models.get("sub")}`.
 Or on your machine:
 
 ```bash
-pip install -r binder/requirements.txt
+pip install -r binder/requirements.txt    # from this folder: the wheel path is relative to it
 jupyter lab {name}          # then Run > Run All Cells
 rlm-kernel replay {name}    # or check it from the command line
 ```

@@ -24,6 +24,7 @@ from .answer import AnswerSchema
 from .errors import NotebookFormatError, UsageError
 from .fork import fork_path
 from .live import TerminalApprover, TerminalProgress
+from .progress import totals_line
 from .run import RLM, default_notebook_path, recorded_models
 from .tools import load_tool
 from .types import Limits, RunResult
@@ -264,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a real question over a generated file (scripted models without an API key)",
         description="Generate a file of support tickets and answer a question over it. Without "
         "ANTHROPIC_API_KEY the models are scripted (the output says so); with it, real Claude "
-        "models answer.",
+        "models answer, named when the demo starts, under a cost cap of "
+        f"${demo.DEFAULT_COST_CAP_USD:g} unless --max-cost is given.",
         epilog=_epilog(
             _examples("rlm-kernel demo", "rlm-kernel demo --dir /tmp/demo --json"), EXIT_CODES
         ),
@@ -342,9 +344,7 @@ def _report(result: RunResult, args: argparse.Namespace) -> int:
         if result.answer is not None:
             print(result.answer)
         if not args.quiet:
-            where = f"notebook: {result.notebook}"
-            extra = f" ({result.stop_reason})" if result.stop_reason else ""
-            print(f"{result.status}{extra} · {where}", file=sys.stderr)
+            print(totals_line(result), file=sys.stderr)
             if result.error:
                 print(f"error: {result.error}", file=sys.stderr)
     return EXIT_OK if result.status == "answered" else EXIT_NO_ANSWER
@@ -370,7 +370,7 @@ def _rlm(
     # The prompts go to stderr: stdout carries the answer alone.
     approve = TerminalApprover(stdout=sys.stderr) if getattr(args, "approve", False) else None
     # display=False: the command line prints its own progress (or none, with --quiet / --json).
-    return RLM(
+    rlm = RLM(
         model,
         sub_model,
         child_model=child_model,
@@ -383,6 +383,7 @@ def _rlm(
         **options.limit_overrides(args),
         **hooks,
     )
+    return rlm
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -416,9 +417,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = _target(args, args.out) if args.out else args.dir / "demo-run.ipynb"
     args.writing = out
     real = demo.uses_real_model()
+    root, sub = demo.models()
+    if real and not hasattr(args, "max_cost_usd"):
+        args.max_cost_usd = demo.DEFAULT_COST_CAP_USD
     if not args.json:
         who = (
-            "real models (ANTHROPIC_API_KEY is set)"
+            f"real models, {root} and {sub} (ANTHROPIC_API_KEY is set; "
+            f"{demo.cap_text(args.max_cost_usd)}, --max-cost changes it)"
             if real
             else (
                 "a SCRIPTED root model and a rule-based sub-model served by rlm-kernel's fake "
@@ -426,7 +431,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         )
         print(f"demo: {data} ({data.stat().st_size:,} bytes) answered by {who}", file=sys.stderr)
-    root, sub = demo.models()
     rlm = _rlm(args, root, sub)
     with contextlib.nullcontext() if real else _scripted_models():
         result = _execute(rlm, demo.QUESTION, data, out)

@@ -21,6 +21,10 @@ QUESTION = (
     "unexpectedly, or a refund that did not arrive), and which customer filed the most of them?"
 )
 
+# With real models the demo spends real money: a cap unless --max-cost says otherwise. Reading the
+# 320 KB file through the default sub-model costs a few cents; the cap leaves room for retries.
+DEFAULT_COST_CAP_USD = 0.5
+
 SCRIPTED_ROOT_MODEL = "claude-scripted-root"
 SCRIPTED_SUB_MODEL = "claude-scripted-sub"
 
@@ -134,6 +138,11 @@ def rule_sub_model(messages: list[dict]) -> str:
 
 def uses_real_model() -> bool:
     return bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
+
+
+def cap_text(max_cost_usd: float | None) -> str:
+    """``"at most $0.5"``, or ``"no cost cap"``."""
+    return "no cost cap" if max_cost_usd is None else f"at most ${max_cost_usd:g}"
 
 
 def models() -> tuple[str, str]:

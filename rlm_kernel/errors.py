@@ -9,6 +9,7 @@ The class tree::
     │   ├── MissingAPIKeyError             names the environment variable to set
     │   └── OutputPathError                the notebook cannot be written there
     ├── ModelError (RuntimeError)          a model API call failed after the SDK's retries
+    │   └── ModelRefused                   ... in a way every later call would too (401/403/404)
     ├── KernelError (RuntimeError)
     │   └── KernelStartError
     ├── BudgetExceeded (RuntimeError)      carries the limit, what was spent and the budget
@@ -73,10 +74,25 @@ class OutputPathError(UsageError):
 class ModelError(RLMKernelError, RuntimeError):
     """A model call failed after the SDK's retries."""
 
-    def __init__(self, model: str, message: str, *, retries: int = 0) -> None:
+    def __init__(
+        self, model: str, message: str, *, retries: int = 0, status: int | None = None
+    ) -> None:
         self.model = model
+        self.reason = message
         self.retries = retries
+        self.status = status
         super().__init__(f"{model}: {message}")
+
+
+class ModelRefused(ModelError):
+    """The API refused the model or the key (HTTP 401, 403, 404): every call would fail alike.
+
+    A run meeting it stops at once (stop reason ``model_error``) rather than going on without
+    the model.
+    """
+
+    stop_reason = "model_error"
+    STATUSES = frozenset({401, 403, 404})
 
 
 class KernelError(RLMKernelError, RuntimeError):

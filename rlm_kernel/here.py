@@ -5,12 +5,19 @@ kernel's main thread (its event loop is free while the ``%%rlm`` cell awaits the
 there with ``shell.run_cell`` in the user's namespace, and its outputs are collected as notebook
 outputs. So the variables the model makes stay in the user's kernel, while sub-calls still travel
 over the bridge to the worker thread, which holds the models.
+
+The run binds ``context``, ``answer``, ``llm_query`` & co. in the user's namespace while it goes
+on (:data:`~rlm_kernel.runtime.INSTALLED_NAMES`). When it ends, the values the user had under
+those names are put back; a name the user did not have keeps the run's value (``context`` and
+``answer`` to inspect), and the functions left behind raise ``RunEnded`` ("this run has ended")
+instead of reaching for a host that is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import threading
 import time
@@ -22,8 +29,17 @@ from IPython.utils.capture import capture_output
 from .errors import KernelStartError
 from .kernel import ExecResult
 from .outputs import OutputCollector
+from .runtime import INSTALLED_NAMES
 
 T = TypeVar("T")
+
+# The kernel's main thread is free while the %%rlm cell awaits the run, so putting the user's
+# names back takes moments; the deadline only guards against a kernel that is wedged.
+END_DEADLINE_S = 30.0
+ENDED_NOTE = (
+    " (a %%rlm --here run: its REPL functions work only while it runs; start a new run to ask "
+    "again)"
+)
 
 
 def in_worker_thread(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -60,16 +76,39 @@ class HereSession:
         self.loop = loop
         self._running = threading.Event()
         self._main_thread = 0
+        self._saved: dict[str, Any] = {}
 
     async def __aenter__(self) -> HereSession:
+        await self._on_main(self._save_names)
         result = await self._on_main(self._run_cell, self.setup_code, OutputCollector(), True)
         if result.status != "ok":
+            await self._on_main(self._restore_names)
             ename, evalue = result.error or ("Error", "")
             raise KernelStartError(f"setting up the REPL in this kernel failed: {ename}: {evalue}")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        return None
+        await asyncio.wait_for(self._on_main(self._restore_names), END_DEADLINE_S)
+
+    def _save_names(self) -> None:
+        ns = self.shell.user_ns
+        self._saved = {name: ns[name] for name in INSTALLED_NAMES if name in ns}
+
+    def _restore_names(self) -> None:
+        """End the run's functions, then put back the user's values of the names it bound."""
+        ns = self.shell.user_ns
+        host = ns.get("_rlm_host")
+        if host is not None and host is not self._saved.get("_rlm_host"):
+            host.end(ENDED_NOTE)
+        for event, hook in ns.get("_rlm_hooks", []):
+            with contextlib.suppress(ValueError):
+                self.shell.events.unregister(event, hook)
+        if "_rlm_hooks" not in self._saved:
+            ns.pop("_rlm_hooks", None)
+        ns.update(self._saved)
+        # A replay installed before the run (%rlm_replay) gets its cell hooks back.
+        for event, hook in self._saved.get("_rlm_hooks", []):
+            self.shell.events.register(event, hook)
 
     async def execute(
         self,

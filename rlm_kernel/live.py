@@ -31,7 +31,14 @@ from typing import Any, TextIO
 
 from . import parse
 from .errors import NotebookFormatError, RunStopped, UsageError
-from .progress import ChildState, ChildTracker, TerminalProgress, cost_text, one_line, plural
+from .progress import (
+    ChildState,
+    ChildTracker,
+    TerminalProgress,
+    cost_text,
+    one_line,
+    plural,
+)
 from .record import SubcallRecord, read
 from .types import RunResult, Usage
 
@@ -578,7 +585,8 @@ def attach(
         from IPython.display import display as show
 
         show(live.widget)
-    merged = {name: _both(hooks.get(name), hook) for name, hook in live.hooks().items()}
+    merged = {**hooks}  # the caller's other hooks (on_step_end) run as given
+    merged.update({name: _both(hooks.get(name), hook) for name, hook in live.hooks().items()})
     return merged, approver, live
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from . import parse, prompts
 from .answer import AnswerSchema
 from .budget import Budget
-from .errors import BudgetExceeded, RunStopped
+from .errors import BudgetExceeded, ModelRefused, RunStopped
 from .hooks import run_hook
 from .kernel import ExecResult
 from .llm import LLM
@@ -43,7 +43,7 @@ class StepLoop:
         budget: the run's account of the tree's budget.
         recorder: the run notebook being written.
         service: the run's sub-call service (records, final answer).
-        hooks: ``on_step`` and ``on_output`` (optional, sync or async).
+        hooks: ``on_step``, ``on_output`` and ``on_step_end`` (optional, sync or async).
         approve: the human in the loop, or ``None``.
         answer_schema: what the final value must match; a value that does not is recorded as
             rejected, and the model is told why and asked again (the next step).
@@ -94,6 +94,7 @@ class StepLoop:
             except BudgetExceeded:
                 return await self._last_call(session, "timeout"), "timeout"
             self.steps = step
+            subcalls_before = self.budget.subcalls
             text = completion.text
             # The API refuses an empty assistant turn in the history.
             self.messages.append({"role": "assistant", "content": text or "(empty reply)"})
@@ -123,6 +124,7 @@ class StepLoop:
             share = self.limits.max_output_chars // max(1, len(blocks))
             for n, block in enumerate(blocks, start=1):
                 reports.append(await self._approved_block(session, step, n, block.code, share))
+                self._stop_if_refused()
                 if self.service.final_value is not None:
                     break
             found = parse.final_answer(text) if self.service.final_value is None else None
@@ -132,6 +134,7 @@ class StepLoop:
                 await self._take_final(session, step, len(reports) + 1, found, reports)
             rejection = self._check_answer(step)
             self.save()
+            await self._step_end(step, len(reports), subcalls_before)
             if self.service.final_value is not None:
                 return self.service.final_value, "final"
             stop = self.budget.exhausted() or (
@@ -327,10 +330,12 @@ class StepLoop:
             extra={"last_call": True, **_completion_extra(completion)},
         )
         self.messages.append({"role": "assistant", "content": completion.text or "(empty reply)"})
+        subcalls_before = self.budget.subcalls
         if found := parse.final_answer(completion.text):
             await self._take_final(session, step, 1, found, [], timeout=grace)
         self._check_answer(step)  # no step is left to ask again: a rejected value is no answer
         self.save()
+        await self._step_end(step, 0, subcalls_before, last_call=True)
         return self.service.final_value
 
     def _check_answer(self, step: int) -> str:
@@ -349,6 +354,35 @@ class StepLoop:
         self.recorder.reject_answer(step=step, value=final, problems=checked.problems)
         self.service.final_value = None
         return prompts.answer_rejected(checked.problems)
+
+    def _stop_if_refused(self) -> None:
+        """End the run when the API refused the sub-model: every later call would fail too."""
+        if not self.service.refused:
+            return
+        first = next(iter(self.service.refused.values()))
+        raise ModelRefused(
+            first.model,
+            f"{first.reason}; every call to this sub-model would fail the same way, so the run "
+            "stopped (check --sub-model and its API key)",
+            status=first.status,
+        )
+
+    async def _step_end(
+        self, step: int, blocks: int, subcalls_before: int, *, last_call: bool = False
+    ) -> None:
+        """Report a step once its code has run, with the sub-calls it made."""
+        await run_hook(
+            self.hooks.get("on_step_end"),
+            step=step,
+            max_steps=self.limits.max_steps,
+            blocks=blocks,
+            step_subcalls=self.budget.subcalls - subcalls_before,
+            usage=self.budget.usage,
+            subcalls=self.budget.subcalls,
+            cost_usd=self.budget.cost_usd,
+            elapsed_s=self.budget.elapsed(),
+            last_call=last_call,
+        )
 
 
 def spent_of(budget: Budget, steps: int) -> prompts.Spent:

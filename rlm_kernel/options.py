@@ -67,7 +67,11 @@ class Option:
 
     def describe(self) -> str:
         """The help text with its default, as ``--help`` shows it."""
-        return f"{self.help} (default: {_shown(self.default)})"
+        # A limit whose flag is not its Python name says the Python name too.
+        python = (
+            "" if self.flag == "--" + self.name.replace("_", "-") else f"; in Python: {self.name}"
+        )
+        return f"{self.help} (default: {_shown(self.default)}){python}"
 
 
 def _shown(value: Any) -> str:

@@ -20,7 +20,14 @@ from .errors import NotebookFormatError
 from .record import read
 from .types import RunResult, Usage
 
-__all__ = ["ChildState", "ChildTracker", "TerminalProgress", "plural"]
+__all__ = [
+    "ChildState",
+    "ChildTracker",
+    "TerminalProgress",
+    "plural",
+    "start_line",
+    "totals_line",
+]
 
 _CHILD_ID = re.compile(r"(\d+)\.(\d+)-(\d+)")
 QUESTION_CHARS = 60
@@ -179,10 +186,12 @@ class ChildTracker:
 
 
 class TerminalProgress:
-    """Hooks that print progress lines on stderr: each step, failed blocks, and child runs.
+    """Hooks that print progress lines on stderr: each step, failed blocks and sub-calls, children.
 
-    A child's lines are indented by its depth and carry its place in the tree
-    (``[3.1-2]``): when it starts, after each of its steps, and when it ends.
+    A step's line comes once its code has run, with the code blocks and sub-calls of that step
+    and the run's totals so far. The first failure of each kind of sub-call is printed with the
+    model's name and the API's reason. A child's lines are indented by its depth and carry its
+    place in the tree (``[3.1-2]``): when it starts, after each of its steps, and when it ends.
 
     Args:
         stream: where the lines go (default ``sys.stderr``).
@@ -195,16 +204,31 @@ class TerminalProgress:
     ) -> None:
         self.stream = stream
         self.tracker = ChildTracker(notebook) if notebook is not None else None
+        self._failures: set[str] = set()
 
-    def on_step(self, *, step, max_steps, blocks, usage, subcalls, cost_usd, elapsed_s, **_):
+    def on_start(self, *, models: dict[str, str], limits: Any, **_: Any) -> None:
+        self._print(start_line(models, limits))
+
+    def on_step_end(self, *, step, max_steps, blocks, step_subcalls, usage, cost_usd, **kw):
+        last = " (last call)" if kw.get("last_call") else ""
         self._print(
-            f"step {step}/{max_steps}: {self._figures(blocks, usage, subcalls, cost_usd)} · "
-            f"{elapsed_s:.1f}s"
+            f"step {step}/{max_steps}{last}: {self._figures(blocks, step_subcalls)} · "
+            f"{self._totals(usage, cost_usd)} · {kw.get('elapsed_s', 0.0):.1f}s"
         )
 
     def on_output(self, *, step, block, status, shown, **_):
         if status != "ok":
             self._print(f"  block {step}.{block}: {status}")
+
+    def on_subcall(self, *, record: Any, **_: Any) -> None:
+        error = getattr(record, "error", None)
+        if error is None or error.type == "SubcallCancelled":
+            return
+        # The same failure repeated over a batch is said once.
+        key = f"{record.model}\0{error.message}"
+        if key not in self._failures:
+            self._failures.add(key)
+            self._print(f"  sub-call to {record.model} failed: {error.message}")
 
     def on_child(self, *, event: str, notebook: str, depth: int, **kwargs: Any) -> None:
         if self.tracker is None:
@@ -215,14 +239,11 @@ class TerminalProgress:
         where = f"{'  ' * (depth - 1)}[{child.label}]"
         if event == "start":
             self._print(f"{where} started: {one_line(child.question)}")
-        elif event == "step":
-            figures = self._figures(
-                kwargs.get("blocks", 0),
-                kwargs.get("usage"),
-                kwargs.get("subcalls", 0),
-                kwargs.get("cost_usd"),
-            )
-            self._print(f"{where} step {child.step}/{child.max_steps}: {figures}")
+        elif event == "step_end":
+            step = kwargs.get("step", child.step)
+            figures = self._figures(kwargs.get("blocks", 0), kwargs.get("step_subcalls", 0))
+            totals = self._totals(kwargs.get("usage"), kwargs.get("cost_usd"))
+            self._print(f"{where} step {step}/{kwargs.get('max_steps')}: {figures} · {totals}")
         elif event == "end":
             self._print(
                 f"{where} {child.state.replace('_', ' ')} after {plural(child.step, 'step')} · "
@@ -230,17 +251,47 @@ class TerminalProgress:
             )
 
     def hooks(self) -> dict[str, Any]:
-        """The ``on_step``, ``on_output`` and ``on_child`` hooks of ``RLM``."""
-        return {"on_step": self.on_step, "on_output": self.on_output, "on_child": self.on_child}
+        """The ``on_start``, ``on_step_end``, ``on_output``, ``on_subcall``, ``on_child`` hooks."""
+        return {
+            "on_start": self.on_start,
+            "on_step_end": self.on_step_end,
+            "on_output": self.on_output,
+            "on_subcall": self.on_subcall,
+            "on_child": self.on_child,
+        }
 
     @staticmethod
-    def _figures(
-        blocks: int, usage: dict[str, Usage] | None, subcalls: int, cost_usd: float | None
-    ) -> str:
-        return (
-            f"{plural(blocks, 'code block')} · {_tokens(usage):,} tokens · "
-            f"{plural(subcalls, 'sub-call')} · {cost_text(cost_usd)}"
-        )
+    def _figures(blocks: int, subcalls: int) -> str:
+        return f"ran {plural(blocks, 'code block')}, {plural(subcalls, 'sub-call')}"
+
+    @staticmethod
+    def _totals(usage: dict[str, Usage] | None, cost_usd: float | None) -> str:
+        return f"total {_tokens(usage):,} tokens, {cost_text(cost_usd)}"
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stderr, flush=True)
+
+
+def start_line(models: dict[str, str], limits: Any) -> str:
+    """The line a run prints when it starts: its models and the limits that bound it."""
+    root, sub = models.get("root"), models.get("sub")
+    who = f"models: {root}" + ("" if sub == root else f" (root), {sub} (sub-calls)")
+    bounds = [plural(limits.max_steps, "step")]
+    if limits.max_subcalls is not None:
+        bounds.append(plural(limits.max_subcalls, "sub-call"))
+    bounds.append("no cost cap" if limits.max_cost_usd is None else f"${limits.max_cost_usd:g}")
+    if limits.timeout is not None:
+        bounds.append(f"{limits.timeout:g}s")
+    return f"{who} · at most {', '.join(bounds)}"
+
+
+def totals_line(result: RunResult) -> str:
+    """The last line of a run: how it ended and what it spent, and where its notebook is."""
+    ended = result.status.replace("_", " ")
+    if result.stop_reason and result.stop_reason != "final":
+        ended += f" ({result.stop_reason.replace('_', ' ')})"
+    return (
+        f"{ended} · {plural(result.steps, 'step')} · {_tokens(result.usage):,} tokens · "
+        f"{plural(result.subcalls, 'sub-call')} · {cost_text(result.cost_usd)} · "
+        f"{result.duration_s:.1f}s · notebook: {result.notebook}"
+    )

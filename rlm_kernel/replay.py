@@ -264,9 +264,10 @@ class ReplaySession:
         ctx = self.context
         source = f"{ctx.path.name}" if ctx.path is not None else "the text embedded in the notebook"
         live = "; prompts never recorded go to the live sub-model" if self.transport.live else ""
+        calls = f"{len(self.book)} recorded sub-call{'s' * (len(self.book) != 1)}"
         return (
-            f"Replaying run {self.run_id} from {self.notebook.name}: {len(self.book)} recorded "
-            f"sub-calls, context from {source} (sha256 {ctx.sha256[:12]}… verified){live}."
+            f"Replaying run {self.run_id} from {self.notebook.name}: {calls}, context from "
+            f"{source} (sha256 {ctx.sha256[:12]}… verified){live}."
         )
 
 

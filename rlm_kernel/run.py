@@ -110,6 +110,13 @@ class RLM:
         on_step: hook called after each model reply as ``on_step(step=, max_steps=, text=,
             blocks=, usage=, subcalls=, cost_usd=, elapsed_s=)``.
         on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
+        on_start: hook called once the input is checked and the run begins, as
+            ``on_start(models=, limits=, notebook=)``: the root and sub-model names, the
+            :class:`~rlm_kernel.types.Limits` and the notebook's path.
+        on_step_end: hook called once a step's code has run, as ``on_step_end(step=,
+            max_steps=, blocks=, step_subcalls=, usage=, subcalls=, cost_usd=, elapsed_s=,
+            last_call=)``: ``blocks`` the blocks that ran, ``step_subcalls`` the sub-calls they
+            made, the other figures the run's totals so far.
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
         on_child: hook called as ``on_child(event=, notebook=, depth=, question=, result=)``
             when a child run starts (``event="start"``, ``result=None``), after each of its
@@ -155,6 +162,8 @@ class RLM:
         limits: Limits | None = None,
         on_step: Hook | None = None,
         on_output: Hook | None = None,
+        on_start: Hook | None = None,
+        on_step_end: Hook | None = None,
         on_subcall: Hook | None = None,
         on_child: Hook | None = None,
         kernel_name: str = "python3",
@@ -192,6 +201,8 @@ class RLM:
         self.hooks = {
             "on_step": on_step,
             "on_output": on_output,
+            "on_start": on_start,
+            "on_step_end": on_step_end,
             "on_subcall": on_subcall,
             "on_child": on_child,
         }
@@ -319,6 +330,12 @@ class RLM:
             answer_schema=schema,
         )
         try:
+            await run_hook(
+                hooks.get("on_start"),
+                models={"root": tree.root.name, "sub": tree.sub.name},
+                limits=self.limits,
+                notebook=nb_path,
+            )
             coro = tree.execute(spec)
             return await (display.run(coro) if display is not None else coro)
         finally:
@@ -532,6 +549,7 @@ class _Tree:
                 error = f"the run's time limit of {limits.timeout:g} s ran out: {error}"
         except RLMKernelError as e:
             error = str(e)
+            stop_reason = getattr(e, "stop_reason", None)  # e.g. model_error: a refused model
         except Exception as e:  # the notebook records any failure before it propagates
             error = f"{type(e).__name__}: {e}"
             raise
@@ -590,6 +608,9 @@ class _Tree:
         async def on_step(**step: Any) -> None:
             await run_hook(on_child, event="step", result=None, **common, **step)
 
+        async def on_step_end(**step: Any) -> None:
+            await run_hook(on_child, event="step_end", result=None, **common, **step)
+
         spec = _RunSpec(
             question=child.question,
             context=child.context,
@@ -599,7 +620,11 @@ class _Tree:
             budget=child.budget,
             parent=child.parent,
             # A display follows a child's steps through the one hook it gave for children.
-            hooks={"on_child": on_child, "on_step": on_step if on_child is not None else None},
+            hooks={
+                "on_child": on_child,
+                "on_step": on_step if on_child is not None else None,
+                "on_step_end": on_step_end if on_child is not None else None,
+            },
         )
         result = await self.execute(spec)
         await run_hook(on_child, event="end", result=result, **common)

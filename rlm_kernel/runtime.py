@@ -12,6 +12,7 @@ Errors reach the model as exceptions, never as strings that look like answers::
     BudgetExceeded (RuntimeError)   the run's sub-call, cost or time budget is used up
     ReplayMiss (LookupError)        replay met a prompt that was never recorded
     BridgeError (ConnectionError)   the connection to the host failed or was lost
+      RunEnded                      a function of a run called after that run ended
 
 A failure travels from the host as a record ``{"type", "message", "retries"}`` whose ``type`` is
 one of these class names (:data:`ERROR_TYPES`); the host's side of that table is
@@ -42,9 +43,11 @@ from typing import Any, Protocol
 
 __all__ = [
     "ERROR_TYPES",
+    "INSTALLED_NAMES",
     "BridgeError",
     "BudgetExceeded",
     "ReplayMiss",
+    "RunEnded",
     "SocketTransport",
     "SubcallError",
     "ToolError",
@@ -99,6 +102,10 @@ class ReplayMiss(LookupError):
 
 class BridgeError(ConnectionError):
     """The connection to the host failed or was lost; the next call opens a new one."""
+
+
+class RunEnded(BridgeError):
+    """A REPL function was called after its run ended (``%%rlm --here`` leaves them behind)."""
 
 
 class Transport(Protocol):
@@ -418,6 +425,18 @@ class _Host:
         self.transport = transport
         self.cells = cells
         self.handoff_dir = handoff_dir
+        self.ended: str | None = None
+
+    def end(self, note: str = "") -> None:
+        """Disconnect for good: every later call raises :class:`RunEnded` (``note`` appended)."""
+        self.ended = note
+        close = getattr(self.transport, "close", None)
+        if callable(close):
+            close()
+
+    def _check_running(self, caller: str) -> None:
+        if self.ended is not None:
+            raise RunEnded(f"{caller}: this run has ended{self.ended}")
 
     def subcall(
         self,
@@ -427,6 +446,7 @@ class _Host:
         caller: str,
         contexts: list[dict[str, str] | None] | None = None,
     ) -> list[Any]:
+        self._check_running(caller)
         if self.transport is None:
             raise BridgeError(
                 f"{caller} needs the rlm-kernel host, and this kernel is not connected to one"
@@ -493,6 +513,7 @@ class _Host:
         return {"path": path, "kind": kind}
 
     def final(self, value: str, via: str) -> None:
+        self._check_running(via)
         if self.transport is None:
             print(f"Final answer (no rlm-kernel host is connected to record it):\n{value}")
             return
@@ -528,7 +549,8 @@ def _batch_answers(results: list[dict[str, Any]], count: int) -> list[str]:
     if not errors:
         return answers  # type: ignore[return-value]
     first = min(errors)
-    message = f"{len(errors)} of {count} prompts failed; first (#{first}): {errors[first]}"
+    prompts = f"{count} prompt{'s' * (count != 1)}"
+    message = f"{len(errors)} of {prompts} failed; first (#{first}): {errors[first]}"
     raise (BudgetExceeded if budget else SubcallError)(message, partial=answers, errors=errors)
 
 
@@ -717,6 +739,25 @@ def _build_functions(host: _Host, namespace: dict[str, Any]) -> dict[str, Callab
     }
 
 
+# Every name install() binds; a run in the user's own kernel (``%%rlm --here``) puts back the
+# user's values of these when it ends.
+INSTALLED_NAMES = (
+    "context",
+    "answer",
+    "llm_query",
+    "llm_query_batched",
+    "rlm_query",
+    "rlm_query_batched",
+    "FINAL",
+    "FINAL_VAR",
+    "SHOW_VARS",
+    "SubcallError",
+    "BudgetExceeded",
+    "ReplayMiss",
+    "_rlm_functions",
+    "_rlm_host",
+    "_rlm_hooks",
+)
 _HIDDEN_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 
 
@@ -840,6 +881,7 @@ def install(
     # What host tools call, and raise (installed by name later: rlm_kernel/_tools_kernel.py).
     namespace["_rlm_call_tool"] = functools.partial(_call_tool, host)
     namespace["_rlm_ToolError"] = ToolError
+    namespace["_rlm_host"] = host
     namespace["answer"] = {"content": None, "ready": False}
     if shell is not None:
         for event, hook in namespace.get("_rlm_hooks", []):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .bridge import SubcallRequest, ToolRequest
 from .budget import Budget
-from .errors import BridgeError, ToolError
+from .errors import BridgeError, ModelRefused, ToolError
 from .hooks import run_hook
 from .llm import LLM, resolve
 from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
@@ -82,6 +82,8 @@ class SubcallService:
         self._ids = 0
         self._cells: dict[str | None, list[SubcallRecord]] = {}
         self._recorded: set[str] = set()
+        # Models the API refused (unknown model, key refused): later calls fail at once.
+        self.refused: dict[str, ModelRefused] = {}
 
     # -- the bridge calls these ---------------------------------------------------------------
 
@@ -219,9 +221,15 @@ class SubcallService:
             record.note = "at the maximum depth: answered by the sub-model, not a child run"
             if handoff is not None:
                 prompt = f"{prompt}\n\n{handoff.read_text(encoding='utf-8')}"
-        completion = await llm.complete(
-            [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
-        )
+        if llm.name in self.refused:
+            raise self.refused[llm.name]
+        try:
+            completion = await llm.complete(
+                [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
+            )
+        except ModelRefused as e:
+            self.refused.setdefault(llm.name, e)
+            raise
         self.budget.charge("sub", completion)
         record.response = completion.text
         record.latency_s = round(completion.latency_s, 4)

@@ -180,7 +180,8 @@ class ReplayReport:
         """One line: the status, how many cells are the same, whether the answer matches."""
         same = sum(c.result == "same" for c in self.cells)
         failing = sum(c.result == "newly_failing" for c in self.cells)
-        text = f"{self.own_status}: {same} of {len(self.cells)} cells the same"
+        cells = f"{len(self.cells)} cell{'s' * (len(self.cells) != 1)}"
+        text = f"{self.own_status}: {same} of {cells} the same"
         if failing:
             text += f", {failing} newly failing"
         if self.answer == self.recorded_answer:

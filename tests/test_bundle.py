@@ -9,16 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
+import rlm_kernel
 from rlm_kernel import RLM, __version__
-from rlm_kernel.bundle import binder_url, bundle_run
+from rlm_kernel.bundle import binder_url, bundle_run, own_wheel
 from rlm_kernel.cli import main
 
 CONTEXT = "alpha beta\ngamma delta epsilon\n"
+WHEEL = f"rlm_kernel-{__version__}-py3-none-any.whl"
 
 STEP_1 = """```repl
 lengths = llm_query_batched(["Count words: " + line for line in context.splitlines()])
@@ -85,13 +90,16 @@ def test_a_bundle_holds_the_run_its_context_binder_files_and_a_readme(runs, tmp_
     assert captured.out.strip() == str(dest)
     assert "run.ipynb" in captured.err
     ctx = context_path(runs["beside"])
+    wheel = f"binder/{WHEEL}"
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(
-        ["run.ipynb", ctx, "binder/requirements.txt", "README.md"]
+        ["run.ipynb", ctx, wheel, "binder/requirements.txt", "README.md"]
     )
+    assert wheel in captured.err
     # Nothing to rewrite: the notebook is copied byte for byte.
     assert (dest / "run.ipynb").read_bytes() == runs["beside"].read_bytes()
+    # The requirements install the wheel the bundle carries, not a package index's rlm-kernel.
     requirements = (dest / "binder" / "requirements.txt").read_text().split()
-    assert requirements == [f"rlm-kernel>={__version__}", "jupyterlab"]
+    assert requirements == [f"./{wheel}", "jupyterlab", "ipywidgets"]
     readme = (dest / "README.md").read_text()
     assert "How many words?" in readme and "jupyter lab run.ipynb" in readme
     assert "rlm-kernel replay run.ipynb" in readme
@@ -184,3 +192,65 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     # Nothing half-written is left beside the destination.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "plain.ipynb"]
+
+
+# -- the wheel a bundle carries ---------------------------------------------------------------
+
+
+def test_the_wheel_holds_the_running_package_and_is_cached_per_version(tmp_path):
+    first = own_wheel(tmp_path / "cache")
+    assert first.name == WHEEL
+    assert own_wheel(tmp_path / "cache") == first  # built once
+    package = Path(rlm_kernel.__file__).parent
+    with zipfile.ZipFile(first) as zf:
+        names = set(zf.namelist())
+        info = f"rlm_kernel-{__version__}.dist-info"
+        metadata = zf.read(f"{info}/METADATA").decode()
+        entry_points = zf.read(f"{info}/entry_points.txt").decode()
+        runtime = zf.read("rlm_kernel/runtime.py")
+        record = zf.read(f"{info}/RECORD").decode()
+    assert (
+        f"Version: {__version__}" in metadata and "rlm-kernel = rlm_kernel.cli:main" in entry_points
+    )
+    assert runtime == (package / "runtime.py").read_bytes()
+    assert {"rlm_kernel/llm/prices.json", f"{info}/WHEEL", f"{info}/RECORD"} <= names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert len(record.splitlines()) == len(names)
+
+
+@pytest.mark.slow
+def test_the_bundles_requirements_install_in_a_fresh_environment(runs, tmp_path):
+    dest = tmp_path / "shared"
+    bundle_run(runs["beside"], dest)
+    (line,) = [ln for ln in (dest / "binder" / "requirements.txt").read_text().split() if "/" in ln]
+    env = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = env / "bin" / "python"
+    # Offline: the wheel alone, by the relative path the requirements give, run from the bundle.
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index"]
+    subprocess.run([*pip, "--no-deps", line], cwd=dest, check=True, timeout=300)
+    shown = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('rlm-kernel'))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert shown.stdout.strip() == __version__
+    assert (env / "bin" / "rlm-kernel").is_file()
+    # The installed code runs: imported from the install folder with this environment's deps.
+    target = tmp_path / "target"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+         str(target), line], cwd=dest, check=True, timeout=300,
+    )  # fmt: skip
+    code = (
+        f"import sys; sys.path.insert(0, {str(target)!r}); import rlm_kernel, rlm_kernel.cli; "
+        "print(rlm_kernel.__file__); rlm_kernel.cli.main(['bundle', '--help'])"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ran.stdout.startswith(str(target / "rlm_kernel" / "__init__.py"))
+    assert "binder/requirements.txt" in ran.stdout
+
+
+@pytest.fixture(autouse=True)
+def _wheel_cache(tmp_path, monkeypatch):
+    # Bundles cache the wheel they carry; each test gets its own cache, not the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

@@ -238,4 +238,5 @@ def test_in_a_terminal_a_run_prints_a_line_per_step(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "step 1/30: 1 code block" in proc.stdout and "step 2/30" in proc.stdout
+    assert "step 1/30: ran 1 code block, 0 sub-calls" in proc.stdout and "step 2/30" in proc.stdout
+    assert "models: " in proc.stdout  # the run said what it uses when it started

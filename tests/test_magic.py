@@ -262,3 +262,49 @@ def test_here_runs_the_code_in_this_kernel_and_leaves_its_variables(tmp_path):
     assert endless.metadata.rlm.exec.status == "timeout"  # interrupted, and the kernel lives on
     assert endless.outputs[-1].ename == "KeyboardInterrupt"
     assert run.metadata.rlm.status == "answered"
+
+
+KEEP_SETUP = """
+%load_ext rlm_kernel
+ctx = "one two three"
+context, answer, FINAL = "mine", 42, "my final"
+
+def root(messages):
+    if len(messages) == 2:
+        return "```repl\\nwords = len(context.split())\\nkeep = llm_query\\nprint(keep('hi'))\\n```"
+    return "FINAL_VAR(words)"
+
+def sub(messages):
+    return "sub says hi"
+"""
+
+LEFTOVERS = """
+print(context, answer, FINAL, words)
+for call in (lambda: keep("again"), lambda: llm_query("again"), lambda: FINAL_VAR("words")):
+    try:
+        call()
+    except Exception as e:
+        print(type(e).__name__, "|", e)
+"""
+
+
+def test_here_puts_back_the_users_names_and_ended_functions_say_so(tmp_path):
+    nb = execute(
+        tmp_path,
+        KEEP_SETUP,
+        "%%rlm --here --model root --sub-model sub --context ctx --out keep.ipynb --as res\n"
+        "How many words?",
+        "print(res.status, res.answer)",
+        LEFTOVERS,
+    )
+    assert stdout(nb.cells[2]).strip() == "answered 3"
+    lines = stdout(nb.cells[3]).strip().splitlines()
+    # The user's context, answer and FINAL are theirs again; the model's own variables stay.
+    assert lines[0] == "mine 42 my final 3"
+    for line, caller in zip(lines[1:], ("llm_query", "llm_query", "FINAL_VAR"), strict=True):
+        name, message = line.split(" | ")
+        assert name == "RunEnded", line
+        assert message.startswith(f"{caller}: this run has ended"), line
+    assert len(lines) == 4 and "Broken pipe" not in stdout(nb.cells[3])
+    run = nbformat.read(tmp_path / "keep.ipynb", as_version=4)
+    assert run.metadata.rlm.status == "answered"

@@ -294,7 +294,7 @@ def test_summary_shows_the_run_at_a_glance(tmp_path):
     assert "| Status | running |" in source
     assert "root anthropic:big · sub anthropic:small" in source
     assert "| Steps | 1 |" in source and "| Sub-calls | 2 |" in source
-    assert "1,234 in · 0 out · 99 cache read · 0 cache write (1 calls)" in source
+    assert "1,234 in · 0 out · 99 cache read · 0 cache write (1 call)" in source
     assert "| Cost | unknown |" in source
     assert "| 1 | 3 | ok ×2, odd\\|status split | 2 | 0.2 s |" in source
     assert load(rec.path).metadata.rlm.usage.root.input_tokens == 1234

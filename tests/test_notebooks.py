@@ -27,7 +27,7 @@ SCRIPTED_NOTE = (
     "Recorded with scripted models (rlm-kernel's fake model API); see notebooks/record.py"
 )
 BINDER_REQUIREMENTS = "binder/requirements.txt"  # relative: Binder runs pip from the repo root
-BADGE = "https://mybinder.org/v2/gh/OWNER/rlm-kernel/HEAD?urlpath=lab/tree/notebooks"
+BADGE = "https://mybinder.org/v2/gh/OWNER/NAME/HEAD?urlpath=lab/tree/notebooks"  # no badge yet
 
 
 def read(path: Path) -> nbformat.NotebookNode:

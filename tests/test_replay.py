@@ -244,7 +244,7 @@ def test_a_plain_text_final_answer_is_taken_from_the_record(recorded, capsys):
     assert main(["replay", str(recorded["literal"])]) == 0
     err = capsys.readouterr().err
     assert "step 1.1: same" in err
-    assert "reproduced: 1 of 1 cells the same, the answer matches" in err
+    assert "reproduced: 1 of 1 cell the same, the answer matches" in err
     assert "taken from the record" in err
 
 

@@ -104,11 +104,15 @@ def test_children_answer_and_the_root_adds_them_up(tree):
     for path in paths:
         nbformat.validate(nbformat.read(path, as_version=4))
         assert read(path).run.status == "answered"
-    assert sorted(e for e in events if e[0] != "step") == sorted(
+    assert sorted(e for e in events if e[0] in ("start", "end")) == sorted(
         [("start", 2)] * 4 + [("end", 2)] * 4 + [("start", 3), ("end", 3)]
     )
     # Every child (one step each) reports its steps through the same hook.
     assert sorted(e for e in events if e[0] == "step") == [("step", 2)] * 4 + [("step", 3)]
+    # ... and each step again once its code has run.
+    assert sorted(e for e in events if e[0] == "step_end") == [("step_end", 2)] * 4 + [
+        ("step_end", 3)
+    ]
 
 
 def test_parents_and_children_link_both_ways(tree):

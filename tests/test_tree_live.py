@@ -64,15 +64,20 @@ def test_terminal_progress_nests_the_lines_of_children(tmp_path):
     hooks = progress.hooks()
     for event in events(tmp_path / "run.ipynb"):
         hooks["on_child"](**event)
+        if event["event"] == "step":  # the step's code has run: its line comes now
+            hooks["on_child"](**{**event, "event": "step_end", "step_subcalls": 1})
     lines = out.getvalue().splitlines()
     assert lines[0] == "  [1.1-1] started: count the apples"
     assert lines[1] == "  [1.1-2] started: count pears"
-    assert lines[2] == "  [1.1-1] step 1/5: 1 code block · 42 tokens · 0 sub-calls · $0.0010"
+    assert lines[2] == (
+        "  [1.1-1] step 1/5: ran 1 code block, 1 sub-call · total 42 tokens, $0.0010"
+    )
     assert lines[3] == "    [1.1-1/2.1-1] started: count figs"
     assert lines[4].startswith("  [1.1-2] answered after 1 step · 110 tokens · $0.0020 · ")
     assert lines[5] == (
-        "    [1.1-1/2.1-1] step 2/5: 1 code block · 42 tokens · 0 sub-calls · cost unknown"
+        "    [1.1-1/2.1-1] step 2/5: ran 1 code block, 1 sub-call · total 42 tokens, cost unknown"
     )
+    assert len(lines) == 6
 
 
 def test_the_tracker_keeps_tree_order_and_settles_from_the_notebooks(tmp_path):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelRefused
 from ..types import Completion, Usage
 from . import pricing
 
@@ -81,7 +81,9 @@ def model_error(
     if retries:
         message += f" (after {retries} {'retry' if retries == 1 else 'retries'})"
     # A server may quote the key it rejected; it must never reach logs or notebooks.
-    return ModelError(name, scrub(message, secrets), retries=retries)
+    status = exc.status_code if isinstance(exc, sdk.APIStatusError) else None
+    cls = ModelRefused if status in ModelRefused.STATUSES else ModelError
+    return cls(name, scrub(message, secrets), retries=retries, status=status)
 
 
 _SDK_BASE_ERRORS = frozenset({"AnthropicError", "OpenAIError"})

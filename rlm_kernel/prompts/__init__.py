@@ -283,7 +283,8 @@ def _limits(limits: Limits, spent: Spent | None) -> str:
     ]
     if limits.max_subcalls is not None:
         calls_left = f"{max(0, limits.max_subcalls - used.subcalls):,}"
-        lines.append(f"- {limits.max_subcalls:,} sub-calls in the whole run{left(calls_left)}.")
+        calls = f"{limits.max_subcalls:,} sub-call{'s' * (limits.max_subcalls != 1)}"
+        lines.append(f"- {calls} in the whole run{left(calls_left)}.")
     if limits.max_cost_usd is not None:
         money_left = _money(max(0.0, limits.max_cost_usd - used.cost_usd))
         lines.append(

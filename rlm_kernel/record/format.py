@@ -134,7 +134,7 @@ def _tokens(usage: Any) -> str:
     return (
         f"{u.input_tokens:,} in · {u.output_tokens:,} out · "
         f"{u.cache_read_input_tokens:,} cache read · {u.cache_creation_input_tokens:,} cache write "
-        f"({u.calls:,} calls)"
+        f"({u.calls:,} call{'s' * (u.calls != 1)})"
     )
 
 
