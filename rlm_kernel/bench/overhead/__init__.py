@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,8 @@ async def run(
     figures: list[Figure] = []
     reference = None
     try:
-        with BenchModels() as models, models.server.environment():
+        latencies = [latency for latency, _ in plan.batched]
+        with BenchModels(latencies) as models, _environment(models.env()):
             suite = Suite(models, plan, work, log)
             try:
                 for part in plan.parts:
@@ -117,6 +119,21 @@ async def run(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"figures": figures, "rlms": reference, "duration_s": time.perf_counter() - started}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the ``with`` block (our runs' SDK reads them), then restore."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def machine() -> dict[str, Any]:

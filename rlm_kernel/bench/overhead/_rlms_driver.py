@@ -14,6 +14,7 @@ model calls.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -53,9 +54,19 @@ class Driver:
 
         return IPythonREPL(lm_handler_address=address, kernel_mode=mode, cell_timeout=600)
 
-    def completion(self, mode: str, question: str, steps: int) -> float:
-        """Seconds of one ``RLM.completion`` whose root runs ``steps`` steps."""
+    def completion(self, mode: str, question: str, steps: int) -> tuple[float, list[float]]:
+        """Seconds of one ``RLM.completion`` whose root runs ``steps`` steps, and its steps'."""
         from rlm import RLM
+        from rlm.logger import RLMLogger
+
+        stamps: list[float] = []
+
+        class StampLogger(RLMLogger):
+            # Called once per iteration, after it: the time between two calls is a whole step,
+            # as rlm-kernel's on_step hook gives it.
+            def log(self, iteration: Any) -> None:
+                stamps.append(time.perf_counter())
+                super().log(iteration)
 
         rlm = RLM(
             backend="openai",
@@ -67,13 +78,14 @@ class Driver:
             environment="ipython",
             environment_kwargs={"kernel_mode": mode, "cell_timeout": 600},
             max_iterations=steps + 3,
+            logger=StampLogger(),
         )
         start = time.perf_counter()
         result = rlm.completion("bench context", root_prompt=question)
         elapsed = time.perf_counter() - start
         if result.response != "done":
             raise RuntimeError(f"rlms ({mode}) answered {result.response!r}, expected 'done'")
-        return elapsed
+        return elapsed, [b - a for a, b in itertools.pairwise(stamps)]
 
     def cell(self, mode: str, code: str, sub_model: str, cap: int = 16) -> dict[str, Any]:
         """Run ``code`` in a fresh environment wired to ``sub_model``; its ``BENCH`` values."""
@@ -93,17 +105,14 @@ class Driver:
         return values
 
     def steps(self, mode: str) -> dict[str, Any]:
-        short, long = self.plan["steps"]
-        per_step = []
+        steps: list[float] = []
         for _ in range(self.plan["reps"]):
-            t_short = self.completion(mode, self.job["steps_questions"][0], short)
-            t_long = self.completion(mode, self.job["steps_questions"][1], long)
-            per_step.append((t_long - t_short) / (long - short))
-        return {"per_step": statistics.median(per_step) * 1e3, "per_step_reps_s": per_step}
+            steps += self.completion(mode, self.job["steps_questions"][0], self.plan["steps"])[1]
+        return {"per_step": statistics.median(steps) * 1e3, "per_step_steps_s": steps}
 
     def startup(self, mode: str) -> dict[str, Any]:
         times = [
-            self.completion(mode, self.job["steps_questions"][2], 1)
+            self.completion(mode, self.job["steps_questions"][1], 1)[0]
             for _ in range(self.plan["reps"] + 1)
         ]
         return {"startup": statistics.median(times), "startup_reps_s": times}
@@ -170,7 +179,10 @@ def main() -> int:
     result: dict[str, Any] = {"version": getattr(rlm, "__version__", None), "modes": {}}
     for mode in job["modes"]:
         figures: dict[str, Any] = {}
-        for part in job["parts"]:
+        parts = [p for p in job["parts"] if p != "memory"]
+        if "memory" in job["parts"] and "context" not in parts:
+            parts.append("context")  # the kernel's memory is read after its context load
+        for part in parts:
             measure = getattr(driver, part, None)
             if measure is not None and not (part == "context" and "context_files" not in job):
                 print(f"rlms {mode}: {part}", file=sys.stderr, flush=True)

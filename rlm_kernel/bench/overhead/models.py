@@ -3,24 +3,30 @@
 rlm-kernel and the reference implementation talk to the same
 :class:`~rlm_kernel.testing.FakeModelServer` through the real ``openai`` SDK, so a figure of one
 and the same figure of the other differ only by what the implementations do around the model.
-The root model reads its script from a marker in the question (``bench: steps=N`` or
-``bench: cell=NAME``) and the number of replies it already gave, so it answers any number of
-runs of either implementation; the sub-models reply ``ok`` after a fixed latency.
+The server runs in a process of its own, so that neither implementation shares an interpreter
+lock with it. The root model reads its script from a marker in the question (``bench:
+steps=N``, or ``bench: cell=HEX`` with the cell's code) and the number of replies it already
+gave, so it answers any number of runs of either implementation; the sub-models reply ``ok``
+after a fixed latency. Run as a script, this module is that server process.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
+import subprocess
+import sys
 import time
-from collections.abc import Callable
-
-from rlm_kernel.testing import FakeModelServer
+from collections.abc import Callable, Iterable
 
 ROOT = "bench-root"
 X1 = "x = 1"
 # Both implementations finish when the answer dict is marked ready; FINAL() is ours alone.
 ANSWER = 'answer["content"] = "done"\nanswer["ready"] = True'
-_MARKER = re.compile(r"bench: (steps|cell)=(\w+)")
+_MARKER = re.compile(r"bench: (steps|cell)=([0-9a-f]+)")
+_KEY_ENV = "RLM_BENCH_SERVER_KEY"
 
 
 def block(code: str) -> str:
@@ -33,45 +39,27 @@ def steps_question(n: int) -> str:
     return f"bench: steps={n}"
 
 
-class BenchModels:
-    """The root and sub-models, and the server that plays them on 127.0.0.1."""
+def cell_question(code: str) -> str:
+    """The question of a run whose root runs ``code`` in one cell, then answers."""
+    return f"bench: cell={code.encode().hex()}"
 
-    def __init__(self) -> None:
-        self.cells: dict[str, str] = {}
-        self.server = FakeModelServer({ROOT: self._root})
-        self._subs: set[str] = set()
 
-    def __enter__(self) -> BenchModels:
-        self.server.start()
-        return self
+def sub_name(latency_s: float) -> str:
+    """The name of the sub-model that replies ``ok`` after ``latency_s`` seconds."""
+    return f"bench-sub-{round(latency_s * 1000)}ms"
 
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
 
-    def cell_question(self, code: str) -> str:
-        """The question of a run whose root runs ``code`` in one cell, then answers."""
-        name = f"c{len(self.cells)}"
-        self.cells[name] = code
-        return f"bench: cell={name}"
-
-    def sub(self, latency_s: float) -> str:
-        """The name of a sub-model that replies ``ok`` after ``latency_s`` seconds."""
-        name = f"bench-sub-{round(latency_s * 1000)}ms"
-        if name not in self._subs:
-            self.server.add_model(name, _sleeper(latency_s))
-            self._subs.add(name)
-        return name
-
-    def _root(self, messages: list[dict]) -> str:
-        text = "\n".join(str(m.get("content", "")) for m in messages if m["role"] != "assistant")
-        found = _MARKER.search(text)
-        if found is None:
-            raise ValueError("a benchmark question carries a 'bench: ...' marker")
-        replies = sum(m["role"] == "assistant" for m in messages)
-        kind, value = found.groups()
-        if kind == "steps":
-            return block(X1 if replies < int(value) - 1 else ANSWER)
-        return block(self.cells[value] if replies == 0 else ANSWER)
+def root(messages: list[dict]) -> str:
+    """The root model: the next reply of the script the question names."""
+    text = "\n".join(str(m.get("content", "")) for m in messages if m["role"] != "assistant")
+    found = _MARKER.search(text)
+    if found is None:
+        raise ValueError("a benchmark question carries a 'bench: ...' marker")
+    replies = sum(m["role"] == "assistant" for m in messages)
+    kind, value = found.groups()
+    if kind == "steps":
+        return block(X1 if replies < int(value) - 1 else ANSWER)
+    return block(bytes.fromhex(value).decode() if replies == 0 else ANSWER)
 
 
 def _sleeper(latency_s: float) -> Callable[[list[dict]], str]:
@@ -81,3 +69,71 @@ def _sleeper(latency_s: float) -> Callable[[list[dict]], str]:
         return "ok"
 
     return reply
+
+
+class BenchModels:
+    """The model server process: ``with BenchModels(latencies) as models: models.base_url``.
+
+    Args:
+        latencies: the sub-models' latencies in seconds (a zero-latency one is always served).
+    """
+
+    def __init__(self, latencies: Iterable[float] = ()) -> None:
+        self.latencies = sorted({0.0, *latencies})
+        self.api_key = f"fake-key-{secrets.token_hex(12)}"
+        self.base_url = ""
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> BenchModels:
+        # The key travels in the environment, never on a command line others can read.
+        env = {**os.environ, _KEY_ENV: self.api_key}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, *map(str, self.latencies)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            self.__exit__()
+            raise RuntimeError("the benchmark's model server did not start")
+        self.base_url = json.loads(line)["openai_base_url"]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()  # the server stops at the end of its stdin
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def env(self) -> dict[str, str]:
+        """The variables that point the ``openai`` SDK at the server."""
+        return {"OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": self.api_key}
+
+    def sub(self, latency_s: float) -> str:
+        """The name of a served sub-model with this latency."""
+        if latency_s not in self.latencies:
+            raise ValueError(f"no sub-model with a latency of {latency_s} s is served")
+        return sub_name(latency_s)
+
+
+def serve(latencies: list[float]) -> None:
+    """Serve the root and the sub-models until stdin closes; print the address first."""
+    from rlm_kernel.testing import FakeModelServer
+
+    models = {ROOT: root, **{sub_name(s): _sleeper(s) for s in latencies}}
+    with FakeModelServer(models, api_key=os.environ[_KEY_ENV]) as server:
+        print(json.dumps({"openai_base_url": server.openai_base_url}), flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    serve([float(a) for a in sys.argv[1:]])

@@ -14,7 +14,7 @@ class Plan:
     """The sizes of every measurement; the same plan drives both implementations.
 
     Attributes:
-        steps: the two run lengths whose difference gives the per-step overhead.
+        steps: the length of the runs whose step times give the per-step overhead.
         reps: repetitions of the per-step runs and of the start-up.
         subcalls: sequential ``llm_query`` calls per timed loop (three loops).
         batched: ``(sub-model latency in seconds, concurrency cap)`` pairs.
@@ -28,7 +28,7 @@ class Plan:
         parts: the parts to run.
     """
 
-    steps: tuple[int, int] = (2, 52)
+    steps: int = 50
     reps: int = 2
     subcalls: int = 300
     batched: tuple[tuple[float, int], ...] = ((0.05, 4), (0.05, 16), (0.2, 4), (0.2, 16))
@@ -49,7 +49,7 @@ class Plan:
 DEFAULT = Plan()
 FULL = replace(DEFAULT, sizes_mb=(1, 10, 100, 300, 1024))
 QUICK = Plan(
-    steps=(2, 5),
+    steps=6,
     reps=1,
     subcalls=20,
     batched=((0.01, 4),),

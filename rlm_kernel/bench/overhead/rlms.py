@@ -64,6 +64,13 @@ def ensure_venv(venv: Path, python: str, log: Callable[[str], None]) -> Path:
             (no network, say); a half-built environment is removed.
     """
     py = venv_python(venv)
+    probe = "import rlm, ipykernel, jupyter_client; from rlm.environments import IPythonREPL"
+    if py.is_file() and not (venv / _READY).is_file():
+        try:
+            _step([str(py), "-c", probe], "import rlms", 120)
+            (venv / _READY).write_text(json.dumps({"requirement": REQUIREMENT}) + "\n")
+        except ReferenceUnavailable:
+            pass  # not a usable rlms environment: build it again below
     if (venv / _READY).is_file() and py.is_file():
         return py
     if shutil.which(python) is None:
@@ -80,7 +87,6 @@ def ensure_venv(venv: Path, python: str, log: Callable[[str], None]) -> Path:
             f"install {REQUIREMENT} from PyPI (no network?)",
             _INSTALL_TIMEOUT_S,
         )
-        probe = "import rlm, ipykernel, jupyter_client; from rlm.environments import IPythonREPL"
         _step([str(py), "-c", probe], "import rlms in its environment", 120)
     except ReferenceUnavailable:
         shutil.rmtree(venv, ignore_errors=True)
@@ -107,7 +113,6 @@ def _last_line(text: str) -> str:
 
 def job(models: BenchModels, plan: Plan, files: dict[int, Path]) -> dict[str, Any]:
     """The driver's job: the server, the plan, and the cells and files prepared for it."""
-    short, long = plan.steps
     sub0 = models.sub(0.0)
     batched = []
     for latency, cap in plan.batched:
@@ -121,13 +126,13 @@ def job(models: BenchModels, plan: Plan, files: dict[int, Path]) -> dict[str, An
             }
         )
     out: dict[str, Any] = {
-        "base_url": models.server.openai_base_url,
+        "base_url": models.base_url,
         "root": "bench-root",
         "sub0": sub0,
         "plan": plan.to_dict(),
         "parts": list(plan.parts),
         "modes": list(MODES),
-        "steps_questions": [steps_question(short), steps_question(long), steps_question(1)],
+        "steps_questions": [steps_question(plan.steps), steps_question(1)],
         "subcall_cell": bench_cell("query_loop", f"llm_query, {plan.subcalls}, 3"),
         "batched": batched,
     }
@@ -155,7 +160,7 @@ def measure(
         # A clean environment: rlms reads a .env file of the working folder at import, so it
         # runs in an empty folder, and it gets the fake server's key and nothing else secret.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-        env["OPENAI_API_KEY"] = models.server.api_key
+        env["OPENAI_API_KEY"] = models.api_key
         work = Path(tmp) / "work"
         work.mkdir()
         try:
