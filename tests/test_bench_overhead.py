@@ -63,7 +63,16 @@ def test_quick_run_prints_every_figure_beside_its_floor(tmp_path):
 def test_compare_rlms_without_an_interpreter_is_a_one_line_error(tmp_path, capsys):
     venv = tmp_path / "rlms-venv"
     code = main(
-        ["--quick", "--compare", "rlms", "--rlms-venv", str(venv), "--rlms-python", "/no/python3"]
+        [
+            "--quick",
+            "--quiet",
+            "--compare",
+            "rlms",
+            "--rlms-venv",
+            str(venv),
+            "--rlms-python",
+            "/no/python3",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -76,7 +85,16 @@ def test_compare_rlms_with_an_interpreter_that_cannot_make_a_venv(tmp_path, caps
     venv = tmp_path / "rlms-venv"
     # `false` exists but fails: the environment cannot be created, nothing half-built is left.
     code = main(
-        ["--quick", "--compare", "rlms", "--rlms-venv", str(venv), "--rlms-python", "false"]
+        [
+            "--quick",
+            "--quiet",
+            "--compare",
+            "rlms",
+            "--rlms-venv",
+            str(venv),
+            "--rlms-python",
+            "false",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2
