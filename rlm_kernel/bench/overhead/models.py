@@ -7,7 +7,7 @@ The server runs in a process of its own, so that neither implementation shares a
 lock with it. The root model reads its script from a marker in the question (``bench:
 steps=N``, or ``bench: cell=HEX`` with the cell's code) and the number of replies it already
 gave, so it answers any number of runs of either implementation; the sub-models reply ``ok``
-after a fixed latency. Run as a script, this module is that server process.
+after a fixed latency. ``_serve.py`` is that server process.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ X1 = "x = 1"
 # Both implementations finish when the answer dict is marked ready; FINAL() is ours alone.
 ANSWER = 'answer["content"] = "done"\nanswer["ready"] = True'
 _MARKER = re.compile(r"bench: (steps|cell)=([0-9a-f]+)")
-_KEY_ENV = "RLM_BENCH_SERVER_KEY"
+KEY_ENV = "RLM_BENCH_SERVER_KEY"
 
 
 def block(code: str) -> str:
@@ -62,7 +62,9 @@ def root(messages: list[dict]) -> str:
     return block(bytes.fromhex(value).decode() if replies == 0 else ANSWER)
 
 
-def _sleeper(latency_s: float) -> Callable[[list[dict]], str]:
+def sleeper(latency_s: float) -> Callable[[list[dict]], str]:
+    """A sub-model that replies ``ok`` after ``latency_s`` seconds."""
+
     def reply(messages: list[dict]) -> str:
         if latency_s:
             time.sleep(latency_s)
@@ -86,9 +88,9 @@ class BenchModels:
 
     def __enter__(self) -> BenchModels:
         # The key travels in the environment, never on a command line others can read.
-        env = {**os.environ, _KEY_ENV: self.api_key}
+        env = {**os.environ, KEY_ENV: self.api_key}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, *map(str, self.latencies)],
+            [sys.executable, "-m", f"{__package__}._serve", *map(str, self.latencies)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -123,17 +125,3 @@ class BenchModels:
         if latency_s not in self.latencies:
             raise ValueError(f"no sub-model with a latency of {latency_s} s is served")
         return sub_name(latency_s)
-
-
-def serve(latencies: list[float]) -> None:
-    """Serve the root and the sub-models until stdin closes; print the address first."""
-    from rlm_kernel.testing import FakeModelServer
-
-    models = {ROOT: root, **{sub_name(s): _sleeper(s) for s in latencies}}
-    with FakeModelServer(models, api_key=os.environ[_KEY_ENV]) as server:
-        print(json.dumps({"openai_base_url": server.openai_base_url}), flush=True)
-        sys.stdin.read()
-
-
-if __name__ == "__main__":
-    serve([float(a) for a in sys.argv[1:]])
