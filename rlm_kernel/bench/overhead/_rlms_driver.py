@@ -174,9 +174,9 @@ def main() -> int:
     """Read the job from stdin, run it, print the result line."""
     job = json.load(sys.stdin)
     driver = Driver(job)
-    import rlm
+    from importlib.metadata import version
 
-    result: dict[str, Any] = {"version": getattr(rlm, "__version__", None), "modes": {}}
+    result: dict[str, Any] = {"version": version("rlms"), "modes": {}}
     for mode in job["modes"]:
         figures: dict[str, Any] = {}
         parts = [p for p in job["parts"] if p != "memory"]
