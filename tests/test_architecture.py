@@ -58,6 +58,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "demo",
             "trust",
             "testing",
+            "bench",
         },
     ),
 ]

@@ -1,8 +1,9 @@
-"""Timing loops that run inside the benchmark's kernel.
+"""Timing loops that run inside the benchmark's kernel (ours, or the reference's).
 
-``overhead.py`` loads this file into the kernel with ``runpy.run_path`` and calls its functions
-from short cells; each prints one ``BENCH {json}`` line that the host reads back from the
-cell's output. Standard library only: the kernel imports nothing from the benchmark.
+The overhead suite loads this file into the kernel with ``runpy.run_path`` and calls its
+functions from short cells; each prints one ``BENCH {json}`` line that the host reads back from
+the cell's output. Standard library only: the same file runs in rlm-kernel's kernel and in the
+reference implementation's, which import nothing from the benchmark.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def round_trips(llm_query: Callable[[str], str], echo_path: str, n: int, reps: i
         sock.close()
     report("echo_us", echo)
     report("llm_query_us", query)
+
+
+def query_loop(llm_query: Callable[[str], str], n: int, reps: int) -> None:
+    """Time ``n`` sequential ``llm_query`` calls ``reps`` times, after a warm-up (µs per call)."""
+    _query_loop(llm_query, max(1, n // 10))
+    report("llm_query_us", [_query_loop(llm_query, n) for _ in range(reps)])
 
 
 def batched(llm_query_batched: Callable[[list[str]], list[str]], n: int, prefix: str) -> None:
