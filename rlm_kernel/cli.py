@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_limit_options(dm)
     _output_args(dm, "DIR/demo-run.ipynb, rewritten by each demo")
     _batch_parser(sub)
+    # Listed for --help; `bench` reads its own arguments (rlm_kernel.bench.cli), see main().
+    sub.add_parser("bench", help="compare the RLM with baselines on generated tasks; overhead")
     _add_mcp(sub)
     return parser
 
@@ -603,6 +605,11 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rlm-kernel``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench.cli import main as bench
+
+        return bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

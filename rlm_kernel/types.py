@@ -56,7 +56,9 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is not None and (isinstance(value, bool) or value <= 0):
+            # max_subcalls=0 is a REPL without a sub-model: llm_query refuses every call.
+            zero = value == 0 and f.name == "max_subcalls"
+            if value is not None and (isinstance(value, bool) or (value <= 0 and not zero)):
                 raise ValueError(f"{f.name} must be a positive number, not {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
