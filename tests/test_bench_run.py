@@ -106,7 +106,7 @@ def test_summary_and_retrieval_answer_from_chunks(fake_model_server, tmp_path):
     made = run(fake_model_server, cfg, oracle([inst]))
     assert [(r.method, r.score) for r in made.rows] == [("summary", 1.0), ("retrieval", 1.0)]
     summary = record.read(cfg.out / "runs" / "summary" / f"{inst.id}.ipynb")
-    chunk_steps = [s for s in summary.steps if "Summary of part" in s.markdown]
+    chunk_steps = [s for s in summary.steps if "Summary of part" in s.prose]
     assert len(chunk_steps) >= 2 and len(summary.steps) == len(chunk_steps) + 1
     retrieval = record.read(cfg.out / "runs" / "retrieval" / f"{inst.id}.ipynb")
     assert len(retrieval.steps) == 1
