@@ -114,7 +114,9 @@ class Completion:
     """One model reply.
 
     ``usage.calls`` is 1. ``cost_usd`` is ``None`` when the model has no known price.
-    ``retries`` counts the HTTP attempts the SDK repeated before this reply.
+    ``retries`` counts the HTTP attempts the SDK repeated before this reply. ``cached`` marks
+    an answer taken from a model-call cache (``rlm_kernel.llm.cache``): no API call was made,
+    ``cost_usd`` is 0 and ``usage`` is the original call's, for information.
     """
 
     text: str
@@ -124,6 +126,7 @@ class Completion:
     cost_usd: float | None = None
     retries: int = 0
     stop_reason: str | None = None
+    cached: bool = False
 
 
 @dataclass
