@@ -143,6 +143,7 @@ class RunResult:
     usage: dict[str, Usage] = field(default_factory=lambda: {"root": Usage(), "sub": Usage()})
     cost_usd: float | None = None
     duration_s: float = 0.0
+    cache_hits: int = 0
     error: str | None = None
     models: dict[str, str] = field(default_factory=dict)
     children: list[dict[str, Any]] = field(default_factory=list)
@@ -160,6 +161,7 @@ class RunResult:
             "usage": {k: u.to_dict() for k, u in self.usage.items()},
             "cost_usd": self.cost_usd,
             "duration_s": round(self.duration_s, 3),
+            "cache_hits": self.cache_hits,
             "error": self.error,
             "children": len(self.children),
         }
