@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _approve_arg(run)
     options.add_limit_options(run)
+    options.add_cache_options(run)
     _output_args(run, "rlm-runs/run-<date>-<time>-<id>.ipynb")
 
     rs = sub.add_parser(
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_arg(rs)
     _approve_arg(rs)
     options.add_limit_options(rs)
+    options.add_cache_options(rs)
     _output_args(rs, "RUN-from-K.ipynb beside RUN.ipynb")
 
     rp = sub.add_parser(
@@ -358,6 +360,7 @@ def _rlm(
         approve=approve,
         display=False,
         system_prompt=_system_prompt(args),
+        cache=options.cache_path(args),
         **options.limit_overrides(args),
         **hooks,
     )

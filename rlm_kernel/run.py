@@ -37,6 +37,7 @@ from .fork import Fork, replay_prefix
 from .hooks import Hook, run_hook, run_sync
 from .kernel import KernelSession
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
+from .llm.cache import CallCache
 from .loop import StepLoop, spent_of
 from .record import ParentLink, Recorder, read
 from .session import KernelPool, SessionFactory
@@ -132,6 +133,14 @@ class RLM:
             ``gateway_token`` (default: ``JUPYTER_GATEWAY_URL``, ``JUPYTER_GATEWAY_AUTH_TOKEN``).
         gateway_url: the gateway's URL; implies ``kernel="gateway"``.
         gateway_token: the gateway's token (kept on the host, never recorded).
+        cache: a model-call cache (a :class:`~rlm_kernel.llm.cache.CallCache`, or the path of
+            its SQLite file): a call made before with the same model, ``max_tokens``, sampling
+            and messages is answered from it at no cost, and recorded as ``cached``; ``None``
+            (the default) calls the models every time. See docs/cache.md.
+
+    Raises:
+        UsageError: an unknown option or a bad limit; ``CacheError`` (a ``UsageError``) when
+            the cache file is corrupt, not a cache, or cannot be written.
     """
 
     def __init__(
@@ -155,6 +164,7 @@ class RLM:
         kernel: str = "local",
         gateway_url: str | None = None,
         gateway_token: str | None = None,
+        cache: CallCache | str | os.PathLike | None = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -197,6 +207,7 @@ class RLM:
             session = Gateway(gateway_url, gateway_token, kernel_name=kernel_name)
         self.session = session
         self.warm_kernels = warm_kernels
+        self.cache = cache if isinstance(cache, CallCache) or cache is None else CallCache(cache)
 
     async def arun(
         self,
@@ -334,6 +345,7 @@ class _Tree:
         self.child: LLM | None = None
         self.pool: KernelPool | None = None
         self.slots: asyncio.Semaphore | None = None
+        self._wrapped: dict[int, LLM] = {}
 
     def resolve_models(self) -> None:
         rlm = self.rlm
@@ -342,9 +354,18 @@ class _Tree:
         self.child = self._resolve(rlm.child_model) if rlm.child_model is not None else self.root
 
     def _resolve(self, spec: Any) -> LLM:
-        llm = resolve(spec)
+        llm = self.wrap(resolve(spec))
         self.models.append(llm)
         return llm
+
+    def wrap(self, llm: LLM) -> LLM:
+        """``llm`` behind the run's model-call cache, if it has one (once per model object)."""
+        cache = self.rlm.cache
+        if cache is None:
+            return llm
+        if id(llm) not in self._wrapped:
+            self._wrapped[id(llm)] = cache.wrap(llm)
+        return self._wrapped[id(llm)]
 
     async def aclose(self) -> None:
         if self.pool is not None:
@@ -414,6 +435,7 @@ class _Tree:
             handoff_dir=children_dir(spec.notebook),
             on_subcall=spec.hooks.get("on_subcall"),
             on_late=recorder.update_subcalls,
+            wrap=self.wrap,
         )
         loop = StepLoop(
             root=root,
@@ -493,6 +515,7 @@ class _Tree:
             usage=dict(spec.budget.usage),
             cost_usd=spec.budget.cost_usd,
             duration_s=spec.budget.elapsed(),
+            cache_hits=spec.budget.cache_hits,
             error=error,
             models={"root": root.name, "sub": self.sub.name},
             children=list(recorder.meta.get("children") or []),

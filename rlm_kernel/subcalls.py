@@ -20,7 +20,7 @@ from .bridge import SubcallRequest
 from .budget import Budget
 from .errors import BridgeError
 from .hooks import run_hook
-from .llm import LLM, resolve
+from .llm import LLM, prompt_cache, resolve
 from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
 from .types import Limits
 
@@ -49,6 +49,8 @@ class SubcallService:
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
         on_late: called as ``on_late(cell_id, records)`` when a recorded cell's sub-calls
             change after it was recorded.
+        wrap: applied to each model resolved by name (``llm_query(model=...)``), e.g. a
+            model-call cache's ``wrap``.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class SubcallService:
         handoff_dir: Path | None = None,
         on_subcall: Callable[..., Any] | None = None,
         on_late: Callable[[str, list[SubcallRecord]], Awaitable[None] | None] | None = None,
+        wrap: Callable[[LLM], LLM] | None = None,
     ) -> None:
         self.sub = sub
         self.budget = budget
@@ -69,6 +72,7 @@ class SubcallService:
         self.handoff_dir = handoff_dir.resolve() if handoff_dir is not None else None
         self.on_subcall = on_subcall
         self.on_late = on_late
+        self.wrap = wrap
         self.models: dict[str, LLM] = {sub.name: sub}
         self.book: ReplayBook | None = None
         self.final_value: str | None = None
@@ -140,7 +144,8 @@ class SubcallService:
         if name is None:
             return self.sub
         if name not in self.models:
-            self.models[name] = resolve(name)
+            llm = resolve(name)
+            self.models[name] = self.wrap(llm) if self.wrap is not None else llm
         return self.models[name]
 
     # -- internals ------------------------------------------------------------------------------
@@ -169,9 +174,18 @@ class SubcallService:
             record.note = "at the maximum depth: answered by the sub-model, not a child run"
             if handoff is not None:
                 prompt = f"{prompt}\n\n{handoff.read_text(encoding='utf-8')}"
-        completion = await llm.complete(
-            [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
-        )
+        messages = [{"role": "user", "content": prompt}]
+        shared = request.shared_prefix
+        if shared and prompt_cache.worth_marking(request.batch, self.limits.max_concurrency):
+            # Only now may a provider mark the prompt for caching: later prompts of the batch
+            # re-read this prefix. A one-off prompt is never marked.
+            hint = prompt_cache.SHARED_PREFIX.set(shared)
+            try:
+                completion = await llm.complete(messages, max_tokens=self.limits.sub_max_tokens)
+            finally:
+                prompt_cache.SHARED_PREFIX.reset(hint)
+        else:
+            completion = await llm.complete(messages, max_tokens=self.limits.sub_max_tokens)
         self.budget.charge("sub", completion)
         record.response = completion.text
         record.latency_s = round(completion.latency_s, 4)
@@ -179,6 +193,7 @@ class SubcallService:
         record.cost_usd = completion.cost_usd
         record.retries = completion.retries
         record.stop_reason = completion.stop_reason
+        record.cached = completion.cached
         return completion.text
 
     def _take_handoff(self, context: dict[str, str] | None) -> Path | None:
