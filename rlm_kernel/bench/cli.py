@@ -171,7 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["overhead"]:
         return _overhead(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed in one line
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning

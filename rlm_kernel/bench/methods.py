@@ -133,6 +133,7 @@ def _rlm_outcome(result: RunResult) -> Outcome:
         ),
         output_tokens=sum(u.output_tokens for u in usages),
         calls=sum(u.calls for u in usages),
+        cached_calls=result.cache_hits,
         duration_s=result.duration_s,
         error=result.error,
         extra={"steps": result.steps, "subcalls": result.subcalls, "stop": result.stop_reason},

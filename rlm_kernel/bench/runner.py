@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import RLMKernelError, UsageError
 from ..llm import LLM, resolve
+from ..llm.cache import CallCache
 from ..prompts import context_window
 from ..run import close_models
 from ..types import Limits
@@ -37,7 +38,6 @@ __all__ = ["DEFAULT_JOB_TIMEOUT", "BenchConfig", "abench", "bench", "read_result
 FINISHED = frozenset({"answered", "no_answer"})
 DEFAULT_JOB_TIMEOUT = 3_600.0  # seconds for one run when the run has no --timeout of its own
 JOB_SLACK = 120.0  # beyond a run's own --timeout, before the runner gives up waiting for it
-CACHE_FILE = ".rlm-cache.sqlite"
 
 
 @dataclass
@@ -112,12 +112,8 @@ def _finished(path: Path) -> bool:
         return False
 
 
-def _wrap_cache(llms: list[LLM], out: Path) -> tuple[list[LLM], Any]:
-    try:
-        from ..llm.cache import CallCache
-    except ImportError:  # a build without the model-call cache
-        return llms, None
-    cache = CallCache(out / CACHE_FILE)
+def _wrap_cache(llms: list[LLM], out: Path) -> tuple[list[LLM], CallCache]:
+    cache = CallCache.default_for(out)
     return [cache.wrap(llm) for llm in llms], cache
 
 
@@ -189,7 +185,7 @@ async def abench(
         await asyncio.gather(*(one(m, i) for m, i in jobs))
     finally:
         await close_models([root, sub])
-        if cache is not None and hasattr(cache, "close"):
+        if cache is not None:
             cache.close()
     wanted = {(m, i.id) for i in instances for m in config.methods}
     records = [r for r in read_results(out) if (r.get("method"), r.get("id")) in wanted]
