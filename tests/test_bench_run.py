@@ -52,6 +52,7 @@ def run(server, cfg, model):
     return bench(cfg, on_result=None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(tasks.TASKS))
 def test_a_solver_scores_one_with_the_rlm_and_direct(fake_model_server, tmp_path, task):
     cfg = config(task, tmp_path / "out", ["rlm", "direct"])
@@ -166,6 +167,7 @@ def test_depth_2_starts_child_runs(fake_model_server, tmp_path):
     assert len(children) == 1 and children[0][2].exists()
 
 
+@pytest.mark.slow
 def test_finished_runs_are_not_run_again(fake_model_server, tmp_path):
     cfg = config("sniah", tmp_path / "out", ["direct"], cache=False)
     (inst,) = instances_of(cfg)
@@ -176,3 +178,11 @@ def test_finished_runs_are_not_run_again(fake_model_server, tmp_path):
     assert {r.method for r in made.rows} == {"direct", "rlm"}
     # only the rlm run was new: two root steps, no second direct prompt
     assert len(fake_model_server.requests) == asked + 2
+
+
+def test_a_run_may_forbid_sub_calls_but_no_other_limit_may_be_zero():
+    assert Limits(max_subcalls=0).max_subcalls == 0
+    with pytest.raises(ValueError, match="max_steps must be a positive number, not 0"):
+        Limits(max_steps=0)
+    with pytest.raises(ValueError, match="max_subcalls must be a positive number, not -1"):
+        Limits(max_subcalls=-1)

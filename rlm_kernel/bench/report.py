@@ -104,6 +104,10 @@ class Report:
         }
 
 
+def _tokens(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}K" if n >= 1_000 else str(n)
+
+
 def _money(x: float | None) -> str:
     return "—" if x is None else f"${x:.4f}"
 
@@ -182,6 +186,9 @@ def plot(report: Report, out: Path) -> list[Path]:
         rows = [r for r in report.rows if r.method == method]
         ax.plot([r.size_tokens for r in rows], [r.score for r in rows], marker="o", label=method)
     ax.set_xscale("log")
+    sizes = sorted({r.size_tokens for r in report.rows})
+    ax.set_xticks(sizes, [_tokens(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("context size (tokens)")
     ax.set_ylabel("mean score")
     ax.set_ylim(-0.05, 1.05)
