@@ -7,7 +7,6 @@ scores what the scorer says, checked by hand. Every run leaves a valid notebook.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 
 import pytest
