@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"rlm-kernel: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # e.g. the disk filled up while a result was being written
+        print(f"rlm-kernel: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(
             f"rlm-kernel: interrupted; finished runs are kept in {args.out or 'the output folder'}"
