@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import os
@@ -97,6 +98,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import BridgeError
+from .llm import prompt_cache
 from .record import ErrorRecord
 
 __all__ = ["BridgeServer", "SubcallHandler", "SubcallRequest", "ToolRequest", "socket_dir"]
@@ -127,6 +129,9 @@ class SubcallRequest:
         model: the model asked for, or ``None`` for the run's sub-model.
         cell: the id of the cell that made the call, as the kernel sent it.
         context: for ``rlm``, the hand-off file ``{"path", "kind"}`` of the child's context.
+        batch: how many prompts came in the same request (``llm_query_batched``).
+        shared_prefix: characters at the start of the prompt that every prompt of the batch
+            shares (see :func:`rlm_kernel.llm.prompt_cache.shared_prefix`).
     """
 
     prompt: str
@@ -134,6 +139,8 @@ class SubcallRequest:
     model: str | None = None
     cell: str | None = None
     context: dict[str, str] | None = None
+    batch: int = 1
+    shared_prefix: int = 0
 
 
 @dataclass(frozen=True)
@@ -411,6 +418,13 @@ class _Connection(asyncio.BufferedProtocol):
         if len(requests) == 1:
             results = [await run(requests[0])]
         else:
+            if requests[0].kind == "llm":
+                # What the prompts share, for providers that can cache it once for the batch.
+                shared = prompt_cache.shared_prefix([r.prompt for r in requests])
+                requests = [
+                    dataclasses.replace(r, batch=len(requests), shared_prefix=shared)
+                    for r in requests
+                ]
             # return_exceptions: when this request is cancelled, gather waits until every prompt
             # has ended (a child run saves its notebook and stops its kernel), instead of
             # finishing at the first cancelled one and leaving the others running unawaited.

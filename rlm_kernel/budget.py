@@ -46,6 +46,7 @@ class Budget:
         self.priced_cost = 0.0
         self.unpriced_calls = 0
         self.subcalls = 0
+        self.cache_hits = 0  # calls answered by a model-call cache: no tokens, no cost
         self._unpriced: set[str] = set() if parent is None else parent.root._unpriced
 
     def child(self) -> Budget:
@@ -64,6 +65,10 @@ class Budget:
         return None if self.unpriced_calls else round(self.priced_cost, 6)
 
     def charge(self, role: Role, completion: Completion) -> None:
+        if completion.cached:
+            for account in self._chain():
+                account.cache_hits += 1
+            return
         for account in self._chain():
             account.usage[role].add(completion.usage)
             if completion.cost_usd is None:

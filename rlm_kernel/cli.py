@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON Schema file the final answer must match (see docs/typed-answers.md)",
     )
     options.add_limit_options(run)
+    options.add_cache_options(run)
     _output_args(run, "rlm-runs/run-<date>-<time>-<id>.ipynb")
 
     rs = sub.add_parser(
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_arg(rs)
     _approve_arg(rs)
     options.add_limit_options(rs)
+    options.add_cache_options(rs)
     _output_args(rs, "RUN-from-K.ipynb beside RUN.ipynb")
 
     rp = sub.add_parser(
@@ -280,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_limit_options(dm)
     _output_args(dm, "DIR/demo-run.ipynb, rewritten by each demo")
     _batch_parser(sub)
+    # Listed for --help; `bench` reads its own arguments (rlm_kernel.bench.cli), see main().
+    sub.add_parser("bench", help="compare the RLM with baselines on generated tasks; overhead")
     _add_mcp(sub)
     return parser
 
@@ -380,6 +384,7 @@ def _rlm(
         display=False,
         system_prompt=_system_prompt(args),
         tools=_tools(args),
+        cache=options.cache_path(args),
         **options.limit_overrides(args),
         **hooks,
     )
@@ -632,6 +637,11 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rlm-kernel``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench.cli import main as bench
+
+        return bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

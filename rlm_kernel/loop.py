@@ -175,6 +175,8 @@ class StepLoop:
             usage={role: u.to_dict() for role, u in self.budget.usage.items()},
             cost_usd=self.budget.cost_usd,
         )
+        if self.budget.cache_hits:
+            self.recorder.meta["cache_hits"] = self.budget.cache_hits
 
     def save(self) -> None:
         """Write the run's totals into the notebook and save it."""
@@ -402,12 +404,15 @@ def _last_call_grace(limits: Limits) -> float:
 
 
 def _completion_extra(completion: Completion) -> dict[str, Any]:
-    return {
+    extra = {
         "model": completion.model,
         "cost_usd": completion.cost_usd,
         "retries": completion.retries,
         "stop_reason": completion.stop_reason,
     }
+    if completion.cached:
+        extra["cached"] = True  # answered by the model-call cache; usage is the original's
+    return extra
 
 
 def _status_note(result: ExecResult) -> str:

@@ -31,8 +31,10 @@ __all__ = [
     "MODEL_OPTIONS",
     "HelpFormatter",
     "Option",
+    "add_cache_options",
     "add_limit_options",
     "add_model_options",
+    "cache_path",
     "choose_models",
     "flag",
     "limit_overrides",
@@ -257,3 +259,35 @@ def choose_models(
     if hasattr(args, "child_model"):
         chosen["child_model"] = args.child_model or chosen["model"]
     return chosen
+
+
+def add_cache_options(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
+    """Add ``--cache PATH`` and ``--no-cache`` (the model-call cache) to ``parser``.
+
+    Args:
+        parser: the parser to add them to.
+        default: what ``--help`` states as the default when neither is given (``None``: no
+            cache); :func:`cache_path` takes the actual default path.
+    """
+    group = parser.add_argument_group(
+        "model-call cache",
+        "answers kept in a SQLite file: a call made before (same model, max tokens, sampling "
+        "and messages) is answered from it at no cost and recorded as cached (docs/cache.md)",
+    )
+    either = group.add_mutually_exclusive_group()
+    either.add_argument(
+        "--cache",
+        type=str,
+        metavar="PATH",
+        help=f"use (or make) this cache file (default: {default or 'no cache'})",
+    )
+    either.add_argument(
+        "--no-cache", action="store_true", help="call the models every time, with no cache"
+    )
+
+
+def cache_path(args: argparse.Namespace, default: str | None = None) -> str | None:
+    """The cache file chosen by :func:`add_cache_options`' options, or ``None`` for none."""
+    if getattr(args, "no_cache", False):
+        return None
+    return getattr(args, "cache", None) or default

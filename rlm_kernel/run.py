@@ -45,6 +45,7 @@ from .fork import Fork, replay_prefix
 from .hooks import Hook, run_hook, run_sync
 from .kernel import KernelSession
 from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
+from .llm.cache import CallCache
 from .loop import StepLoop, spent_of
 from .record import ParentLink, Recorder, read
 from .session import KernelPool, SessionFactory
@@ -151,6 +152,14 @@ class RLM:
         tools: host tools the model's code may call by name: a dict name → function or a
             list of functions (named by ``__name__``), sync or async, taking and returning
             JSON values. Child runs get the same tools. See docs/tools.md.
+        cache: a model-call cache (a :class:`~rlm_kernel.llm.cache.CallCache`, or the path of
+            its SQLite file): a call made before with the same model, ``max_tokens``, sampling
+            and messages is answered from it at no cost, and recorded as ``cached``; ``None``
+            (the default) calls the models every time. See docs/cache.md.
+
+    Raises:
+        UsageError: an unknown option or a bad limit; ``CacheError`` (a ``UsageError``) when
+            the cache file is corrupt, not a cache, or cannot be written.
     """
 
     def __init__(
@@ -177,6 +186,7 @@ class RLM:
         gateway_url: str | None = None,
         gateway_token: str | None = None,
         tools: ToolsInput = None,
+        cache: CallCache | str | os.PathLike | None = None,
         **limit_overrides: Any,
     ) -> None:
         try:
@@ -223,6 +233,7 @@ class RLM:
         self.warm_kernels = warm_kernels
         self.tools = tools
         ToolBox(tools)  # a bad tool is a usage error now, not in the middle of a run
+        self.cache = cache if isinstance(cache, CallCache) or cache is None else CallCache(cache)
 
     async def arun(
         self,
@@ -390,6 +401,7 @@ class _Tree:
         self.tools = ToolBox(
             rlm.tools, timeout=rlm.limits.tool_timeout, max_concurrency=rlm.limits.max_concurrency
         )
+        self._wrapped: dict[int, LLM] = {}
 
     def resolve_models(self) -> None:
         rlm = self.rlm
@@ -398,9 +410,18 @@ class _Tree:
         self.child = self._resolve(rlm.child_model) if rlm.child_model is not None else self.root
 
     def _resolve(self, spec: Any) -> LLM:
-        llm = resolve(spec)
+        llm = self.wrap(resolve(spec))
         self.models.append(llm)
         return llm
+
+    def wrap(self, llm: LLM) -> LLM:
+        """``llm`` behind the run's model-call cache, if it has one (once per model object)."""
+        cache = self.rlm.cache
+        if cache is None:
+            return llm
+        if id(llm) not in self._wrapped:
+            self._wrapped[id(llm)] = cache.wrap(llm)
+        return self._wrapped[id(llm)]
 
     async def aclose(self) -> None:
         self.tools.close()
@@ -480,6 +501,7 @@ class _Tree:
             on_subcall=spec.hooks.get("on_subcall"),
             on_late=recorder.update_subcalls,
             tools=self.tools if self.tools else None,
+            wrap=self.wrap,
         )
         loop = StepLoop(
             root=root,
@@ -574,6 +596,7 @@ class _Tree:
             usage=dict(spec.budget.usage),
             cost_usd=spec.budget.cost_usd,
             duration_s=spec.budget.elapsed(),
+            cache_hits=spec.budget.cache_hits,
             error=error,
             models={"root": root.name, "sub": self.sub.name},
             children=list(recorder.meta.get("children") or []),

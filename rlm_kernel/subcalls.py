@@ -21,7 +21,7 @@ from .bridge import SubcallRequest, ToolRequest
 from .budget import Budget
 from .errors import BridgeError, ModelRefused, ToolError
 from .hooks import run_hook
-from .llm import LLM, resolve
+from .llm import LLM, prompt_cache, resolve
 from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
 from .tools import ToolBox, request_text
 from .types import Limits
@@ -53,6 +53,8 @@ class SubcallService:
             change after it was recorded.
         tools: the host tools the kernel's code may call (recorded like sub-calls, kind
             ``tool``, but no model calls: they spend no tokens and no sub-call budget).
+        wrap: applied to each model resolved by name (``llm_query(model=...)``), e.g. a
+            model-call cache's ``wrap``.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class SubcallService:
         on_subcall: Callable[..., Any] | None = None,
         on_late: Callable[[str, list[SubcallRecord]], Awaitable[None] | None] | None = None,
         tools: ToolBox | None = None,
+        wrap: Callable[[LLM], LLM] | None = None,
     ) -> None:
         self.sub = sub
         self.budget = budget
@@ -74,6 +77,7 @@ class SubcallService:
         self.handoff_dir = handoff_dir.resolve() if handoff_dir is not None else None
         self.on_subcall = on_subcall
         self.on_late = on_late
+        self.wrap = wrap
         self.models: dict[str, LLM] = {sub.name: sub}
         self.book: ReplayBook | None = None
         self.final_value: str | None = None
@@ -192,7 +196,8 @@ class SubcallService:
         if name is None:
             return self.sub
         if name not in self.models:
-            self.models[name] = resolve(name)
+            llm = resolve(name)
+            self.models[name] = self.wrap(llm) if self.wrap is not None else llm
         return self.models[name]
 
     # -- internals ------------------------------------------------------------------------------
@@ -223,10 +228,19 @@ class SubcallService:
                 prompt = f"{prompt}\n\n{handoff.read_text(encoding='utf-8')}"
         if llm.name in self.refused:
             raise self.refused[llm.name]
+        messages = [{"role": "user", "content": prompt}]
+        shared = request.shared_prefix
         try:
-            completion = await llm.complete(
-                [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
-            )
+            if shared and prompt_cache.worth_marking(request.batch, self.limits.max_concurrency):
+                # Only now may a provider mark the prompt for caching: later prompts of the batch
+                # re-read this prefix. A one-off prompt is never marked.
+                hint = prompt_cache.SHARED_PREFIX.set(shared)
+                try:
+                    completion = await llm.complete(messages, max_tokens=self.limits.sub_max_tokens)
+                finally:
+                    prompt_cache.SHARED_PREFIX.reset(hint)
+            else:
+                completion = await llm.complete(messages, max_tokens=self.limits.sub_max_tokens)
         except ModelRefused as e:
             self.refused.setdefault(llm.name, e)
             raise
@@ -237,6 +251,7 @@ class SubcallService:
         record.cost_usd = completion.cost_usd
         record.retries = completion.retries
         record.stop_reason = completion.stop_reason
+        record.cached = completion.cached
         return completion.text
 
     def _take_handoff(self, context: dict[str, str] | None) -> Path | None:

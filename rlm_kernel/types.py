@@ -59,7 +59,9 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is not None and (isinstance(value, bool) or value <= 0):
+            # max_subcalls=0 is a REPL without a sub-model: llm_query refuses every call.
+            zero = value == 0 and f.name == "max_subcalls"
+            if value is not None and (isinstance(value, bool) or (value <= 0 and not zero)):
                 raise ValueError(f"{f.name} must be a positive number, not {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +119,9 @@ class Completion:
     """One model reply.
 
     ``usage.calls`` is 1. ``cost_usd`` is ``None`` when the model has no known price.
-    ``retries`` counts the HTTP attempts the SDK repeated before this reply.
+    ``retries`` counts the HTTP attempts the SDK repeated before this reply. ``cached`` marks
+    an answer taken from a model-call cache (``rlm_kernel.llm.cache``): no API call was made,
+    ``cost_usd`` is 0 and ``usage`` is the original call's, for information.
     """
 
     text: str
@@ -127,6 +131,7 @@ class Completion:
     cost_usd: float | None = None
     retries: int = 0
     stop_reason: str | None = None
+    cached: bool = False
 
 
 def _plain(value: Any) -> Any:
@@ -153,6 +158,7 @@ class RunResult:
     usage: dict[str, Usage] = field(default_factory=lambda: {"root": Usage(), "sub": Usage()})
     cost_usd: float | None = None
     duration_s: float = 0.0
+    cache_hits: int = 0
     error: str | None = None
     models: dict[str, str] = field(default_factory=dict)
     children: list[dict[str, Any]] = field(default_factory=list)
@@ -172,6 +178,7 @@ class RunResult:
             "usage": {k: u.to_dict() for k, u in self.usage.items()},
             "cost_usd": self.cost_usd,
             "duration_s": round(self.duration_s, 3),
+            "cache_hits": self.cache_hits,
             "error": self.error,
             "children": len(self.children),
             "tool_calls": self.tool_calls,

@@ -10,12 +10,16 @@ import anthropic
 
 from ..errors import MissingAPIKeyError, ModelError, UsageError
 from ..types import Completion, Message, Usage
-from . import _sdk, pricing, wants_stream
+from . import _sdk, pricing, prompt_cache, wants_stream
 
 # The SDK refuses a non-streaming request whose max_tokens could take longer than ten minutes
 # (it budgets an hour per 128k output tokens); above this many tokens we stream instead.
 _NONSTREAMING_MAX_TOKENS = 128_000 * 10 // 60
 _CACHE_CONTROL = {"type": "ephemeral"}
+# The shortest prompt prefix Anthropic caches, in tokens: shorter ones are sent uncached (no
+# write is billed, nothing is read). Haiku models need more than the others.
+MIN_CACHEABLE_TOKENS = 1024
+MIN_CACHEABLE_TOKENS_HAIKU = 2048
 _OFFICIAL_HOST = "api.anthropic.com"
 
 
@@ -33,8 +37,11 @@ class AnthropicLLM:
             sub-calls skip the cost of server-sent events.
         max_retries: retries the SDK makes after a failed attempt.
         timeout: seconds for one HTTP attempt.
-        cache: mark the system prompt and the conversation so far for prompt caching, so each
-            turn reads the previous turns from the cache.
+        cache: mark for prompt caching what a later request re-reads: the system prompt and
+            the conversation so far (a request with a system prompt or earlier turns), so each
+            turn reads the previous ones from the cache; and a batch's shared prefix when the
+            run says it is worth it (``rlm_kernel.llm.prompt_cache``). A lone one-off prompt
+            is never marked: a cache write costs 1.25 times the input price.
         client: an ``anthropic.AsyncAnthropic`` to use instead of building one (its own retry
             and timeout settings then apply).
 
@@ -152,13 +159,29 @@ class AnthropicLLM:
         converted: list[dict[str, Any]] = [
             {"role": m["role"], "content": m["content"]} for m in turns
         ]
-        if self.cache and converted:
+        conversation = bool(system) or len(converted) > 1
+        if self.cache and converted and conversation:
             # A breakpoint on the newest message caches the whole conversation so far; the next
             # turn repeats that prefix and reads it from the cache.
             last = converted[-1]
             last["content"] = _with_cache_control(last["content"])
+        elif self.cache and len(converted) == 1:
+            self._mark_shared_prefix(converted[0])
         params["messages"] = converted
         return params
+
+    def _mark_shared_prefix(self, message: dict[str, Any]) -> None:
+        """Split a batch's shared prefix into a block of its own, marked, when it is cacheable."""
+        shared, content = prompt_cache.SHARED_PREFIX.get(), message["content"]
+        if not shared or not isinstance(content, str) or shared >= len(content):
+            return
+        minimum = MIN_CACHEABLE_TOKENS_HAIKU if "haiku" in self.model else MIN_CACHEABLE_TOKENS
+        if shared < minimum * prompt_cache.CHARS_PER_TOKEN:
+            return
+        message["content"] = [
+            {"type": "text", "text": content[:shared], "cache_control": _CACHE_CONTROL},
+            {"type": "text", "text": content[shared:]},
+        ]
 
     def __repr__(self) -> str:
         return f"AnthropicLLM({self.model!r}, stream={self.stream}, cache={self.cache})"

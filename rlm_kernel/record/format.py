@@ -160,6 +160,15 @@ def summary_head(meta: Mapping[str, Any], *, has_steps: bool) -> str:
         ("Cost", "unknown" if cost is None else f"${cost:.4f}"),
         ("Time", time_text),
     ]
+    if meta.get("cache_hits"):
+        hits = int(meta["cache_hits"])
+        rows.append(
+            (
+                "Cached",
+                f"{hits:,} model call{'' if hits == 1 else 's'} answered by the "
+                "model-call cache (no tokens, no cost)",
+            )
+        )
     if meta.get("error"):
         rows.append(("Error", str(meta["error"])))
     if (meta.get("depth") or 1) > 1:

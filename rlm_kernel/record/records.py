@@ -121,6 +121,7 @@ class SubcallRecord:
         stop_reason: why the sub-model stopped (``max_tokens`` means the answer was cut).
         note: what the record should tell a reader (e.g. the depth fallback).
         cell: the id of the cell the call came from, as the kernel sent it.
+        cached: answered by the model-call cache (no API call; ``usage`` is the original's).
     """
 
     id: int
@@ -139,11 +140,12 @@ class SubcallRecord:
     stop_reason: str | None = None
     note: str | None = None
     cell: str | None = None
+    cached: bool = False
 
     def to_metadata(self) -> dict[str, Any]:
         """The JSON form kept on the cell."""
         # Spelled out: a batch records thousands of these, and dataclasses.asdict deep-copies.
-        return {
+        data = {
             "id": self.id,
             "kind": self.kind,
             "model": self.model,
@@ -161,6 +163,9 @@ class SubcallRecord:
             "note": self.note,
             "cell": self.cell,
         }
+        if self.cached:  # only then: records of uncached runs stay as they were
+            data["cached"] = True
+        return data
 
     to_dict = to_metadata
 
@@ -184,6 +189,7 @@ class SubcallRecord:
             stop_reason=data.get("stop_reason"),
             note=data.get("note"),
             cell=data.get("cell"),
+            cached=bool(data.get("cached")),
         )
 
 
