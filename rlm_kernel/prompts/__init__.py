@@ -47,6 +47,7 @@ __all__ = [
     "BlockReport",
     "Sizing",
     "Spent",
+    "cache_view",
     "check_template",
     "context_window",
     "describe_context",
@@ -494,3 +495,13 @@ def last_call(question: str, *, reason: str = "max_steps") -> str:
     """The turn that asks for the answer when steps, money or time have run out."""
     stopped = _STOPPED.get(reason, _STOPPED["max_steps"])
     return LAST_CALL_MESSAGE.format(stopped=stopped, question=short_question(question))
+
+
+# What a feedback or a child's system prompt says of the run's clock and money so far: it
+# differs between two runs that are otherwise the same, so the model-call cache ignores it.
+_VOLATILE = re.compile(r"^Spent: .*$|\(\$[\d,.]+ left\)|\([\d,.]+ s left\)", re.MULTILINE)
+
+
+def cache_view(text: str) -> str:
+    """``text`` without the spent-so-far figures (time, cost), for model-call cache keys."""
+    return _VOLATILE.sub("…", text)
