@@ -333,7 +333,7 @@ def test_a_second_identical_run_makes_no_requests_and_costs_nothing(fake_model_s
     assert nb.metadata["rlm"]["cache_hits"] == 9 and nb.metadata["rlm"]["cost_usd"] == 0.0
     assert "9 model calls answered by the model-call cache" in nb.cells[0].source
     _, first_cell = code_cell(tmp_path / "first.ipynb")
-    assert not any("cached" in s for s in first_cell.metadata["rlm"]["subcalls"])
+    assert not any(s["cached"] for s in first_cell.metadata["rlm"]["subcalls"])
     text = summarize(tmp_path / "second.ipynb")
     assert "9 cached" in text and "(cached)" in text
     # The record still reads, and replays from its own answers.
