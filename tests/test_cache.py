@@ -416,3 +416,26 @@ def test_rlm_refuses_a_corrupt_cache_before_anything_runs(tmp_path):
     bad.write_bytes(b"garbage" * 1000)
     with pytest.raises(CacheError):
         RLM(lambda messages: "FINAL(x)", cache=bad)
+
+
+@pytest.mark.slow
+def test_a_fork_asks_the_cache_first(fake_model_server, tmp_path):
+    scripted(fake_model_server)
+    cache = CallCache(tmp_path / "calls.sqlite")
+    run_once(tmp_path, "first.ipynb", cache)
+    sent = len(fake_model_server.requests)
+    rlm = RLM(AnthropicLLM(ROOT, stream=False), AnthropicLLM(SUB), cache=cache, max_concurrency=2)
+    fork = rlm.resume(tmp_path / "first.ipynb", 2, out=tmp_path / "fork.ipynb")
+    # Step 1 is replayed from the notebook; step 2's root call is the one made before.
+    assert len(fake_model_server.requests) == sent
+    assert fork.status == "answered" and fork.answer == "two fruits"
+    assert fork.cache_hits == 1 and fork.cost_usd == 0.0
+
+
+def test_cache_keys_ignore_the_run_status_lines():
+    from rlm_kernel.prompts import cache_view
+
+    live = "out\n\nSpent: step 1 of 30 · 2 sub-calls · $0.01 · 4 s.\nYour variables: a, b.\n\nQ?"
+    assert cache_view(live) == cache_view("out\n\nQ?") == "out\n\nQ?"
+    assert cache_view("- 60 s for the whole run (12 s left).") == "- 60 s for the whole run ."
+    assert cache_view("out\n\nQ?") != cache_view("other\n\nQ?")

@@ -497,11 +497,15 @@ def last_call(question: str, *, reason: str = "max_steps") -> str:
     return LAST_CALL_MESSAGE.format(stopped=stopped, question=short_question(question))
 
 
-# What a feedback or a child's system prompt says of the run's clock and money so far: it
-# differs between two runs that are otherwise the same, so the model-call cache ignores it.
-_VOLATILE = re.compile(r"^Spent: .*$|\(\$[\d,.]+ left\)|\([\d,.]+ s left\)", re.MULTILINE)
+# What a feedback or a child's system prompt says of the run so far (clock, money, variables):
+# it differs between two runs that are otherwise the same (and a fork's rebuilt history leaves
+# it out), while the earlier turns already decide it, so the model-call cache ignores it.
+_VOLATILE = re.compile(
+    r"^(?:Spent|Your variables): .*(?:\n|$)|\(\$[\d,.]+ left\)|\([\d,.]+ s left\)", re.MULTILINE
+)
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def cache_view(text: str) -> str:
-    """``text`` without the spent-so-far figures (time, cost), for model-call cache keys."""
-    return _VOLATILE.sub("…", text)
+    """``text`` without the run's status so far (time, cost, variables), for cache keys."""
+    return _BLANK_LINES.sub("\n\n", _VOLATILE.sub("", text))
