@@ -420,7 +420,8 @@ class _Tree:
         if cache is None:
             return llm
         if id(llm) not in self._wrapped:
-            self._wrapped[id(llm)] = cache.wrap(llm)
+            # The feedback's spent line (seconds, dollars) differs from run to run.
+            self._wrapped[id(llm)] = cache.wrap(llm, normalize=prompts.cache_view)
         return self._wrapped[id(llm)]
 
     async def aclose(self) -> None:

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,17 @@ class CallCache:
         """The cache of an output folder: ``<out_dir>/.rlm-cache.sqlite``."""
         return cls(Path(out_dir) / DEFAULT_NAME)
 
-    def wrap(self, llm: Any) -> CachedLLM:
-        """``llm`` answering from this cache first; it keeps the same ``name``."""
-        if isinstance(llm, CachedLLM) and llm.cache is self:
+    def wrap(self, llm: Any, *, normalize: Callable[[str], str] | None = None) -> CachedLLM:
+        """``llm`` answering from this cache first; it keeps the same ``name``.
+
+        Args:
+            llm: the model to put the cache in front of.
+            normalize: applied to each message's content before it is hashed, to leave out
+                what changes from run to run without changing the question (a run's clock).
+        """
+        if isinstance(llm, CachedLLM) and llm.cache is self and llm.normalize is normalize:
             return llm
-        return CachedLLM(llm, self)
+        return CachedLLM(llm, self, normalize=normalize)
 
     # -- lookups and stores ---------------------------------------------------------------------
 
@@ -232,9 +238,12 @@ class CachedLLM:
     wrapped model's client with its own ``aclose``.
     """
 
-    def __init__(self, llm: Any, cache: CallCache) -> None:
+    def __init__(
+        self, llm: Any, cache: CallCache, *, normalize: Callable[[str], str] | None = None
+    ) -> None:
         self.inner = llm
         self.cache = cache
+        self.normalize = normalize
         self.name: str = llm.name
         self._seen: dict[str, int] = {}
         self._seen_lock = threading.Lock()
@@ -243,7 +252,7 @@ class CachedLLM:
         self, messages: Sequence[Message], *, max_tokens: int, **sampling: Any
     ) -> Completion:
         """The stored answer of this call, or the wrapped model's (then stored)."""
-        digest = request_digest(self.name, max_tokens, messages, sampling)
+        digest = request_digest(self.name, max_tokens, messages, sampling, self.normalize)
         with self._seen_lock:
             occurrence = self._seen.get(digest, 0) + 1
             self._seen[digest] = occurrence
@@ -269,23 +278,33 @@ class CachedLLM:
 
 
 def request_digest(
-    model: str, max_tokens: int, messages: Sequence[Message], sampling: Mapping[str, Any]
+    model: str,
+    max_tokens: int,
+    messages: Sequence[Message],
+    sampling: Mapping[str, Any],
+    normalize: Callable[[str], str] | None = None,
 ) -> str:
     """Hex SHA-256 of a canonical JSON of what decides a call's answer.
 
     Sampling keywords set to ``None`` are left out: they are the same as not giving them. Of
     each message only its role and content count; other keys are hints to providers (such as
-    where prompt caching may start) that do not change the answer.
+    where prompt caching may start) that do not change the answer. ``normalize``, when given,
+    rewrites each content first.
     """
+    norm = normalize or _same
     canonical = {
         "v": _SCHEMA_VERSION,
         "model": model,
         "max_tokens": max_tokens,
         "sampling": {k: v for k, v in sorted(sampling.items()) if v is not None},
-        "messages": [[m.get("role"), m.get("content")] for m in messages],
+        "messages": [[m.get("role"), norm(m.get("content") or "")] for m in messages],
     }
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def _reason(exc: sqlite3.Error) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "BlockReport",
     "Sizing",
     "Spent",
+    "cache_view",
     "check_template",
     "context_window",
     "describe_context",
@@ -540,3 +541,17 @@ def last_call(question: str, *, reason: str = "max_steps") -> str:
     """The turn that asks for the answer when steps, money or time have run out."""
     stopped = _STOPPED.get(reason, _STOPPED["max_steps"])
     return LAST_CALL_MESSAGE.format(stopped=stopped, question=short_question(question))
+
+
+# What a feedback or a child's system prompt says of the run so far (clock, money, variables):
+# it differs between two runs that are otherwise the same (and a fork's rebuilt history leaves
+# it out), while the earlier turns already decide it, so the model-call cache ignores it.
+_VOLATILE = re.compile(
+    r"^(?:Spent|Your variables): .*(?:\n|$)|\(\$[\d,.]+ left\)|\([\d,.]+ s left\)", re.MULTILINE
+)
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def cache_view(text: str) -> str:
+    """``text`` without the run's status so far (time, cost, variables), for cache keys."""
+    return _BLANK_LINES.sub("\n\n", _VOLATILE.sub("", text))

@@ -145,7 +145,7 @@ class SubcallRecord:
     def to_metadata(self) -> dict[str, Any]:
         """The JSON form kept on the cell."""
         # Spelled out: a batch records thousands of these, and dataclasses.asdict deep-copies.
-        data = {
+        return {
             "id": self.id,
             "kind": self.kind,
             "model": self.model,
@@ -162,10 +162,8 @@ class SubcallRecord:
             "stop_reason": self.stop_reason,
             "note": self.note,
             "cell": self.cell,
+            "cached": self.cached,
         }
-        if self.cached:  # only then: records of uncached runs stay as they were
-            data["cached"] = True
-        return data
 
     to_dict = to_metadata
 

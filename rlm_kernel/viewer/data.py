@@ -64,6 +64,7 @@ def trajectory(run: RunNotebook | nbformat.NotebookNode) -> dict[str, Any]:
         "parent": meta.parent.to_metadata() if meta.parent is not None else None,
         "depth": meta.depth,
         "children": [c.to_metadata() for c in meta.children],
+        "cache_hits": int(meta.extra.get("cache_hits") or 0),
     }
     context = meta.context
     start = {
@@ -90,7 +91,9 @@ def _step(entry: StepRecord, root_model: str | None) -> dict[str, Any]:
     cost = entry.cost_usd
     if cost is None and entry.has_reply:
         cost = _root_cost(root_model, entry.usage)
-    tokens = entry.usage.total_tokens
+    cached = bool(entry.extra.get("cached"))
+    # A call the model-call cache answered keeps its original usage, but spent no tokens.
+    tokens = 0 if cached else entry.usage.total_tokens
     cells = []
     for cell in entry.code:
         subcalls = [_subcall(s) for s in cell.subcalls]
@@ -112,6 +115,7 @@ def _step(entry: StepRecord, root_model: str | None) -> dict[str, Any]:
         "step": entry.step,
         "text": prose_without_markers(entry.prose),
         "last_call": bool(entry.extra.get("last_call")),
+        "cached": cached,
         "latency_s": entry.latency_s if entry.has_reply else None,
         "tokens": tokens,
         "cost_usd": cost,
@@ -130,11 +134,12 @@ def _subcall(record: SubcallRecord) -> dict[str, Any]:
         "response": record.response,
         "latency_s": record.latency_s,
         # A child's usage is its whole tree's, already counted in its own notebook.
-        "tokens": 0 if record.child else record.usage.total_tokens,
+        "tokens": 0 if record.child or record.cached else record.usage.total_tokens,
         "cost_usd": None if record.child else record.cost_usd,
         "error": f"{error.type}: {error.message}" if error is not None else None,
         "child": record.child,
         "note": record.note,
+        "cached": record.cached,
     }
 
 

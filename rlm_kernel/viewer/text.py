@@ -51,6 +51,7 @@ def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
                 f"{tokens['total']:,} tokens (root {tokens['root']:,} · sub {tokens['sub']:,})",
                 cost_text(s["cost_usd"]),
                 duration,
+                *([f"{s['cache_hits']:,} cached"] if s.get("cache_hits") else []),
             ],
             width,
         ),
@@ -72,6 +73,8 @@ def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
         latency = "—" if step["latency_s"] is None else f"{step['latency_s']:.2f}s"
         first = next((ln.strip() for ln in step["text"].splitlines() if ln.strip()), "")
         calls = sum(len(c["subcalls"]) for c in cells)
+        if step.get("cached"):
+            first = f"(cached) {first}"
         lines.append(
             f"{step['step']:>4}  {len(cells):>6}  {exec_text:<12}  {calls:>9}  {latency:>7}  "
             f"{_one_line(first)}"
