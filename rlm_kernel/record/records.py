@@ -111,6 +111,8 @@ class SubcallRecord:
         stop_reason: why the sub-model stopped (``max_tokens`` means the answer was cut).
         note: what the record should tell a reader (e.g. the depth fallback).
         cell: the id of the cell the call came from, as the kernel sent it.
+        count: how many calls the record stands for: the budget's repeated refusals in one
+            cell are recorded once, with their number.
     """
 
     id: int
@@ -129,11 +131,12 @@ class SubcallRecord:
     stop_reason: str | None = None
     note: str | None = None
     cell: str | None = None
+    count: int = 1
 
     def to_metadata(self) -> dict[str, Any]:
-        """The JSON form kept on the cell."""
+        """The JSON form kept on the cell (``count`` only when it is not 1)."""
         # Spelled out: a batch records thousands of these, and dataclasses.asdict deep-copies.
-        return {
+        data = {
             "id": self.id,
             "kind": self.kind,
             "model": self.model,
@@ -151,6 +154,9 @@ class SubcallRecord:
             "note": self.note,
             "cell": self.cell,
         }
+        if self.count != 1:
+            data["count"] = self.count
+        return data
 
     to_dict = to_metadata
 
@@ -174,6 +180,7 @@ class SubcallRecord:
             stop_reason=data.get("stop_reason"),
             note=data.get("note"),
             cell=data.get("cell"),
+            count=int(data.get("count") or 1),
         )
 
 
