@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import queue
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,7 +83,13 @@ class PeakRSS:
 
 async def bare_print(code: str, repeat: int) -> tuple[list[float], float]:
     """Seconds per execute of ``code``, collecting iopub, and the host's RSS growth (MiB)."""
-    km = AsyncKernelManager(kernel_name="python3")
+    runtime_dir = tempfile.mkdtemp(prefix="bare-")  # ipc, as rlm-kernel's own kernels use
+    km = AsyncKernelManager(
+        kernel_name="python3",
+        transport="ipc",
+        ip=os.path.join(runtime_dir, "k"),
+        connection_file=os.path.join(runtime_dir, "kernel.json"),
+    )
     await km.start_kernel()
     kc = km.client()
     kc.start_channels()
@@ -116,6 +123,7 @@ async def bare_print(code: str, repeat: int) -> tuple[list[float], float]:
     finally:
         kc.stop_channels()
         await km.shutdown_kernel(now=True)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 # -- ours -----------------------------------------------------------------------------------
@@ -155,7 +163,7 @@ def run_flood(mb: int) -> tuple[float, int]:
             raise RuntimeError(f"the flood run ended {result.status}: {result.error}")
         from rlm_kernel.record import read
 
-        (cell,) = [c for c in read(result.notebook).cells if c.source.startswith("import sys")]
+        (cell,) = [c for c in read(result.notebook).code_cells if c.source.startswith("import")]
         return peak.growth_mib, cell.exec.output_chars
 
 
