@@ -13,6 +13,8 @@ kernel's iopub traffic and the host's memory stay the same however much a cell p
 - Each cell may publish ``head_bytes`` of stream text and display data. Past that, stream text
   is counted and only its last ``tail_chars`` characters are kept, and further displays are
   counted and dropped.
+- A cell's result (``execute_result``) larger than what is left of the budget is cut to the
+  start of its ``text/plain`` with a line saying how much was not sent.
 - When the cell ends (IPython's ``post_run_cell``), each stream that went over the budget
   publishes one ``display_data`` of type :data:`ELISION_MIME`: ``{"name", "elided_chars",
   "elided_bytes", "elided_displays", "tail"}``. The host's collector turns it into a note and
@@ -176,6 +178,25 @@ class OutputCap:
 
         publisher.publish = publish
 
+    def wrap_displayhook(self, hook: Any) -> None:
+        """Cut a cell's result (``execute_result``) to what is left of the budget."""
+        if getattr(hook, "_rlm_capped", False) or not hasattr(hook, "write_format_data"):
+            return
+        original = hook.write_format_data
+
+        def write_format_data(format_dict: Any, md_dict: Any = None) -> Any:
+            if isinstance(format_dict, dict):
+                size = sum(_value_size(v) for v in format_dict.values())
+                with self._lock:
+                    room = max(0, self.head_bytes - self.used)
+                    self.used += min(size, room)
+                if size > room:
+                    format_dict = _cut_result(format_dict, room)
+            return original(format_dict, md_dict)
+
+        hook.write_format_data = write_format_data
+        hook._rlm_capped = True
+
     # -- the end of a cell ---------------------------------------------------------------------
 
     def report(self, *args: object) -> None:
@@ -203,6 +224,19 @@ class OutputCap:
             if self._publish is not None:
                 # The original publish: the note is not counted against the budget it reports.
                 self._publish({"text/plain": text, ELISION_MIME: note}, metadata={})
+
+
+def _cut_result(format_dict: dict[str, Any], room: int) -> dict[str, Any]:
+    """A result over the budget: the start of its ``text/plain`` and a line saying so."""
+    plain = format_dict.get("text/plain")
+    text = plain if isinstance(plain, str) else ""
+    # Room for the note too: the host keeps a result whole or not at all.
+    kept = text.encode("utf-8", "surrogatepass")[: max(0, room - 200)].decode("utf-8", "ignore")
+    dropped = len(text) - len(kept)
+    note = f"\n[rlm-kernel: {dropped} more characters of this result were not sent]"
+    if len(format_dict) > 1:
+        note += f"; also not sent: {', '.join(m for m in format_dict if m != 'text/plain')}"
+    return {"text/plain": kept + note}
 
 
 def _value_size(value: Any) -> int:
@@ -237,6 +271,7 @@ def install(shell: Any, head_bytes: int, tail_chars: int) -> OutputCap:
         if hasattr(stream, "parent_header"):  # ipykernel's OutStream; a terminal needs no cap
             cap.wrap_stream(name, stream)
     cap.wrap_publisher(shell.display_pub)
+    cap.wrap_displayhook(shell.displayhook)
     return cap
 
 

@@ -394,3 +394,13 @@ def test_a_note_of_elided_output_counts_as_dropped():
         + "\n"
     )
     validate(collector.outputs)
+
+
+def test_a_huge_result_is_cut_in_the_kernel(capped):
+    result, collector, _ = capped("'r' * 50_000_000")
+    validate(result.outputs)
+    (out,) = result.outputs
+    text = out["data"]["text/plain"]
+    assert text.startswith("'rrr") and len(text) <= HEAD
+    assert "more characters of this result were not sent]" in text
+    assert collector.total_bytes <= HEAD and not collector.truncated
