@@ -119,6 +119,7 @@ class ContextInfo:
             "path": Path(rel).as_posix(),
             "preview": self.preview,
             "items": self.items,
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
 
@@ -172,6 +173,20 @@ def _load_path(path: Path, warnings: list[str]) -> str | list | dict:
     if path.suffix.lower() == ".json":
         return _load_json(path, warnings)
     return _read_text(path, warnings)
+
+
+def _emptiness(value: str | list | dict) -> str | None:
+    """How a context holds nothing to read, or ``None`` when it holds something."""
+    if isinstance(value, str):
+        if not value:
+            return "is empty (0 bytes): the model has nothing to read"
+        return None if value.strip() else "holds only whitespace: the model has nothing to read"
+    if not value:
+        return f"is an empty {type(value).__name__}: the model has nothing to read"
+    items = value.values() if isinstance(value, dict) else value
+    if all(isinstance(v, str) and not v.strip() for v in items):
+        return "holds only empty texts: the model has nothing to read"
+    return None
 
 
 def _origin_of(path: Path) -> Origin:
@@ -339,6 +354,9 @@ def prepare(context: ContextInput, dest_stem: Path) -> ContextInfo:
         target = Path(f"{dest_stem}.context.{'txt' if kind == 'text' else 'json'}").resolve()
         _write(value, target)
 
+    if empty := _emptiness(value):
+        # After the choice above: an empty file needs no copy, only a word to the user.
+        warnings.append(f"{source if source is not None else 'the context'} {empty}")
     size, digest = target.stat().st_size, file_sha256(target)
     if kind == "text":
         chars, preview = len(value), value[:PREVIEW_CHARS]  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from .errors import BudgetExceeded, ModelRefused, RunStopped
 from .hooks import run_hook
 from .kernel import ExecResult
 from .llm import LLM
-from .outputs import OutputCollector, render_text, truncate
+from .outputs import OutputCollector
 from .record import FINAL_TAG, NOT_RUN_MARKER, Recorder, code_cell_id, code_marker
 from .session import Session
 from .subcalls import SubcallService
@@ -262,12 +262,8 @@ class StepLoop:
         names = prompts.variables_from_expression(result.user_expressions.get("variables"))
         if names is not None:
             self.variables = names
-        full = render_text(result.outputs)
-        kept = render_text(result.outputs[:-1]) if collector.truncated else full  # no marker
-        if collector.dropped_tail:
-            full += f"...\n{collector.dropped_tail}"
-        shown = truncate(full, limit) + _status_note(result)
-        produced = len(kept) + collector.dropped_chars
+        shown = collector.shown(limit) + _status_note(result)
+        produced = collector.output_chars
         self.recorder.add_code(
             step=step,
             block=block,

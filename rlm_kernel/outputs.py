@@ -1,8 +1,10 @@
 """Cell output capture: iopub messages to capped nbformat outputs, and the text a model is shown.
 
-The notebook keeps a cell's full output up to a byte cap (with a marker saying how much was not
-recorded); the model is shown a plain-text rendering of it, cut to a character limit by keeping
-its head and tail.
+The notebook keeps a cell's full output up to a byte cap, then a marker saying how much was not
+recorded and the real end of the output; the model is shown a plain-text rendering of it, cut to
+a character limit by keeping its head and tail. A kernel set up with :mod:`rlm_kernel._capture`
+caps its output at the source and reports what it did not send as one ``display_data`` per
+stream (:data:`ELISION_MIME`), which the collector reads as output dropped at the cap.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import nbformat
 from nbformat.v4 import new_output, output_from_msg
+
+from ._capture import ELISION_MIME
 
 _OUTPUT_TYPES = frozenset({"stream", "display_data", "execute_result", "error"})
 
@@ -73,6 +77,10 @@ class OutputCollector:
     Error outputs are what a reader needs most, so they have an allowance of their own (also
     ``max_bytes``): an oversized traceback keeps its last lines rather than being dropped.
 
+    With ``tail_chars``, the end of the dropped stream text follows the marker, so the notebook
+    shows how a huge output ended. Text the kernel never sent (capped at the source, see
+    :mod:`rlm_kernel._capture`) counts as dropped, and its tail is kept the same way.
+
     Args:
         max_bytes: output kept for the notebook.
         tail_chars: how much of the dropped stream text to keep in :attr:`dropped_tail`, so a
@@ -100,17 +108,49 @@ class OutputCollector:
         self._dropped_bytes = 0
         self._clear_on_next_output = False
         self._display_ids: dict[str, list[int]] = {}
+        self._tail_name = "stdout"
+        self._elisions = 0
 
     @property
     def outputs(self) -> list[Any]:
-        """The kept outputs, followed by the truncation marker when output was dropped."""
+        """The kept outputs, then the truncation marker and the tail when output was dropped."""
         if not self.truncated:
             return list(self._outputs)
+        follows = (
+            f"; its last {len(self.dropped_tail)} characters follow" if self.dropped_tail else ""
+        )
         marker = (
             f"[rlm-kernel: output truncated at {self.max_bytes} bytes; "
-            f"{self._dropped_bytes} more bytes not recorded]\n"
+            f"{self._dropped_bytes} more bytes not recorded{follows}]\n"
         )
-        return [*self._outputs, new_output("stream", name="stderr", text=marker)]
+        outputs = [*self._outputs, new_output("stream", name="stderr", text=marker)]
+        if self.dropped_tail:
+            outputs.append(new_output("stream", name=self._tail_name, text=self.dropped_tail))
+        return outputs
+
+    @property
+    def output_chars(self) -> int:
+        """Characters of the cell's whole output as the model would read it, dropped text too."""
+        return len(render_text(self._outputs)) + self.dropped_chars
+
+    def shown(self, limit: int) -> str:
+        """The text the model is shown: about ``limit`` characters of the real head and tail.
+
+        When output was dropped, the line between them states how much was left out and how
+        long the whole output was.
+        """
+        head = render_text(self._outputs)
+        if not self.truncated:
+            return truncate(head, limit)
+        total = len(head) + self.dropped_chars
+        tail = _collapse_carriage_returns(self.dropped_tail)
+        tail_room = min(len(tail), limit // 2)
+        head_part = head[: limit - tail_room]
+        tail_part = tail[len(tail) - tail_room :]
+        omitted = total - len(head_part) - len(tail_part)
+        if omitted <= 0 and self.dropped_chars == 0:
+            return head_part + "\n[rich output over the cell's output cap was not recorded]\n"
+        return head_part + _omitted_line(omitted, total) + tail_part
 
     def add(self, msg: dict[str, Any]) -> None:
         """Take one iopub message; messages that carry no output are ignored."""
@@ -122,11 +162,31 @@ class OutputCollector:
                 self._clear()
         elif msg_type == "update_display_data":
             self._update_display(msg)
+        elif msg_type == "display_data" and ELISION_MIME in msg["content"].get("data", {}):
+            self._take_elision(msg["content"]["data"][ELISION_MIME])
         elif msg_type in _OUTPUT_TYPES:
             if self._clear_on_next_output:
                 self._clear()
             output = output_from_msg(msg)
             self._append(output, msg["content"].get("transient", {}).get("display_id"))
+
+    def _take_elision(self, note: Any) -> None:
+        """Count what the kernel held back, as if it had been dropped here."""
+        # One note per stream and cell is what the kernel sends: more is a cell imitating it.
+        self._elisions += 1
+        if not isinstance(note, dict) or self._elisions > 2:
+            return
+        chars, size = note.get("elided_chars"), note.get("elided_bytes")
+        tail, name = note.get("tail"), note.get("name")
+        if not isinstance(chars, int) or not isinstance(size, int) or chars < 0 or size < 0:
+            return
+        self.total_bytes += size
+        self.dropped_chars += chars
+        if size or chars:
+            self._drop(size)
+        if isinstance(tail, str) and self.tail_chars and tail:
+            self.dropped_tail = (self.dropped_tail + tail)[-self.tail_chars :]
+            self._tail_name = name if name in ("stdout", "stderr") else "stdout"
 
     def _clear(self) -> None:
         self._clear_on_next_output = False
@@ -139,8 +199,9 @@ class OutputCollector:
         self._dropped_bytes += size
         self.truncated = True
 
-    def _drop_text(self, text: str) -> None:
+    def _drop_text(self, text: str, name: str = "stdout") -> None:
         self.dropped_chars += len(text)
+        self._tail_name = name
         if self.tail_chars:
             self.dropped_tail = (self.dropped_tail + text)[-self.tail_chars :]
 
@@ -154,12 +215,12 @@ class OutputCollector:
         if size > room:
             if output["output_type"] != "stream" or room <= 0:
                 if output["output_type"] == "stream":
-                    self._drop_text(output["text"])
+                    self._drop_text(output["text"], output["name"])
                 self._drop(size)
                 return
             text = output["text"]
             output["text"] = _cut_utf8(text, room)
-            self._drop_text(text[len(output["text"]) :])
+            self._drop_text(text[len(output["text"]) :], output["name"])
             self._drop(size - _text_bytes(output["text"]))
             size = room  # the cap is reached: a character cut short leaves no room for more
         self._kept_bytes += size
@@ -290,10 +351,11 @@ def truncate(text: str, limit: int) -> str:
         raise ValueError(f"limit must not be negative, not {limit!r}")
     if len(text) <= limit:
         return text
-    omitted = len(text) - limit
-    marker = (
-        f"\n... [{omitted} characters omitted; the full output is {len(text)} characters] ...\n"
-    )
+    marker = _omitted_line(len(text) - limit, len(text))
     head = limit - limit // 2
     tail = limit - head
     return text[:head] + marker + (text[-tail:] if tail else "")
+
+
+def _omitted_line(omitted: int, total: int) -> str:
+    return f"\n... [{omitted} characters omitted; the full output is {total} characters] ...\n"

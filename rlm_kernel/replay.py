@@ -174,6 +174,7 @@ class ReplayTransport:
         self.subcalls = 0
         self.tool_calls = 0
         self.live_calls = 0
+        self.refused: ErrorRecord | None = None
         self._lock = threading.Lock()
 
     def request(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +195,14 @@ class ReplayTransport:
             for call in calls:
                 if call is not None:
                     self.subcalls += 1
+                    failure = call.failure
+                    if failure is not None and failure.type == "BudgetExceeded":
+                        self.refused = failure
                     results.append(call.result())
+                elif self.refused is not None:
+                    # A budget never comes back within a run: every later call was refused
+                    # too, and repeated refusals are recorded once.
+                    results.append({"error": self.refused.to_metadata()})
                 elif self.max_subcalls is not None and self.subcalls >= self.max_subcalls:
                     # The run met its limit here, so these calls were refused and not recorded.
                     message = f"sub-call budget exhausted: {self.subcalls} used of "

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import prompts, runtime
+from . import _capture, prompts, runtime
 from .answer import AnswerSchema, SchemaInput
 from .bridge import BridgeServer, socket_dir
 from .budget import Budget
@@ -551,6 +551,10 @@ class _Tree:
                         context_kind=spec.context.kind,
                         handoff_dir=str(children_dir(spec.notebook)),
                     )
+                    if self.rlm.session is None or spec.depth > 1:  # our own kernels only
+                        setup += _capture.setup_code(
+                            limits.max_cell_output_bytes, limits.max_output_chars
+                        )
                     session_cm = factory(setup_code=setup + tool_setup)
                 async with session_cm as session:
                     first = (

@@ -13,6 +13,7 @@ Errors reach the model as exceptions, never as strings that look like answers::
     ReplayMiss (LookupError)        replay met a prompt that was never recorded
     BridgeError (ConnectionError)   the connection to the host failed or was lost
       RunEnded                      a function of a run called after that run ended
+    SubcallsRefused (BaseException) a cell kept calling after many refusals; it is stopped
 
 A failure travels from the host as a record ``{"type", "message", "retries"}`` whose ``type`` is
 one of these class names (:data:`ERROR_TYPES`); the host's side of that table is
@@ -50,6 +51,7 @@ __all__ = [
     "RunEnded",
     "SocketTransport",
     "SubcallError",
+    "SubcallsRefused",
     "ToolError",
     "Transport",
     "bootstrap_code",
@@ -350,6 +352,47 @@ def load_context(path: str, kind: str = "text") -> str | list[Any] | dict[str, A
 # --------------------------------------------------------------------------- the model's functions
 
 
+REFUSAL_LIMIT = 20  # refused sub-calls one cell may meet before it is stopped
+
+
+class SubcallsRefused(BaseException):
+    """A cell kept calling after the budget refused it ``REFUSAL_LIMIT`` times; it is stopped.
+
+    Not an ``Exception``: the ``except Exception`` that swallowed the refusals does not catch
+    it. Every later sub-call of the same cell raises it again without asking the host.
+    """
+
+
+class _Refusals:
+    """Counts the budget's refusals per cell and stops a cell that ignores them."""
+
+    def __init__(self, limit: int = REFUSAL_LIMIT) -> None:
+        self.limit = limit
+        self._counts: dict[str | None, int] = {}
+        self._lock = threading.Lock()
+
+    def check(self, cell: str | None, caller: str) -> None:
+        count = self._counts.get(cell, 0)
+        if count >= self.limit:
+            raise SubcallsRefused(
+                f"{caller}: the budget refused {count} sub-calls in this cell and the code kept "
+                "calling, so the cell is stopped; no sub-call can be answered any more in this "
+                "run: give your best answer with what you have (FINAL)"
+            )
+
+    def note(self, cell: str | None, response: dict[str, Any]) -> None:
+        results = response.get("results")
+        errors = [response.get("error")] if "error" in response else []
+        if isinstance(results, list):
+            errors += [r.get("error") for r in results if isinstance(r, dict)]
+        if any(isinstance(e, dict) and e.get("type") == "BudgetExceeded" for e in errors):
+            with self._lock:
+                # Only the cell's latest few: the count matters, not a table of old cells.
+                if cell not in self._counts and len(self._counts) >= 64:
+                    self._counts.pop(next(iter(self._counts)))
+                self._counts[cell] = self._counts.get(cell, 0) + 1
+
+
 class SubcallCancelled(SubcallError):
     """A sub-call was cut short (its cell's time limit, or the run stopped)."""
 
@@ -437,6 +480,7 @@ class _Host:
     def _check_running(self, caller: str) -> None:
         if self.ended is not None:
             raise RunEnded(f"{caller}: this run has ended{self.ended}")
+        self.refusals = _Refusals()
 
     def subcall(
         self,
@@ -451,11 +495,13 @@ class _Host:
             raise BridgeError(
                 f"{caller} needs the rlm-kernel host, and this kernel is not connected to one"
             )
+        cell = self.cells.of_caller()
+        self.refusals.check(cell, caller)
         payload: dict[str, Any] = {
             "kind": kind,
             "prompts": prompts,
             "model": model,
-            "cell": self.cells.of_caller(),
+            "cell": cell,
         }
         if contexts is not None:
             payload["contexts"] = contexts
@@ -468,6 +514,7 @@ class _Host:
                     with contextlib.suppress(OSError):
                         os.unlink(handoff["path"])
             raise
+        self.refusals.note(cell, response)
         _raise_for(response)
         results = response.get("results")
         if not isinstance(results, list) or len(results) != len(prompts):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .bridge import SubcallRequest, ToolRequest
 from .budget import Budget
-from .errors import BridgeError, ModelRefused, ToolError
+from .errors import BridgeError, BudgetExceeded, ModelRefused, ToolError
 from .hooks import run_hook
 from .llm import LLM, prompt_cache, resolve
 from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
@@ -88,6 +88,8 @@ class SubcallService:
         self._recorded: set[str] = set()
         # Models the API refused (unknown model, key refused): later calls fail at once.
         self.refused: dict[str, ModelRefused] = {}
+        self._refusals: dict[tuple[str | None, str], SubcallRecord] = {}
+        self._book_refusal: Exception | None = None
 
     # -- the bridge calls these ---------------------------------------------------------------
 
@@ -98,6 +100,13 @@ class SubcallService:
             if handoff is not None:
                 handoff.unlink(missing_ok=True)
             return await self._from_book(request.prompt)
+        try:
+            self.budget.reserve_subcall()
+        except BudgetExceeded as e:
+            if handoff is not None:
+                handoff.unlink(missing_ok=True)
+            await self._refuse(request, e)
+            raise
         self._ids += 1
         record = SubcallRecord(
             id=self._ids,
@@ -110,11 +119,9 @@ class SubcallService:
         )
         if request.cell in self._recorded:
             record.note = "made after its cell had finished (a thread that outlived the cell)"
-        # Kept before the call so records keep the order the calls were made in; a call the
-        # budget refuses is recorded too, so a replay meets the same refusal.
+        # Kept before the call so records keep the order the calls were made in.
         self._cells.setdefault(request.cell, []).append(record)
         try:
-            self.budget.reserve_subcall()
             if record.kind == "rlm" and self.children is not None:
                 request = SubcallRequest(
                     request.prompt, request.kind, request.model, request.cell, _as_context(handoff)
@@ -180,6 +187,42 @@ class SubcallService:
             if request.cell in self._recorded and self.on_late is not None:
                 await run_hook(self.on_late, request.cell, self._cells[request.cell])
 
+    async def _refuse(self, request: SubcallRequest, error: BudgetExceeded) -> None:
+        """Record a call the budget refused: once per cell and limit, then only counted.
+
+        Code that ignores the refusal and keeps calling would otherwise add a record per call
+        (tens of thousands a second); the first is kept, so a replay meets the same refusal,
+        and the rest raise its ``count``.
+        """
+        key = (request.cell, error.limit)
+        record = self._refusals.get(key)
+        if record is not None:
+            record.count += 1
+            # A cell already recorded hears of its refusals at a decreasing rate: 2, 4, 8, ...
+            if request.cell in self._recorded and record.count & (record.count - 1) == 0:
+                await self._tell_late(request.cell)
+            return
+        self._ids += 1
+        record = SubcallRecord(
+            id=self._ids,
+            kind="rlm" if request.kind == "rlm" else "llm",
+            model=request.model or self.sub.name,
+            prompt_sha256=prompt_sha256(request.prompt),
+            prompt_chars=len(request.prompt),
+            prompt_preview=request.prompt[:PROMPT_PREVIEW_CHARS],
+            cell=request.cell,
+            error=ErrorRecord.from_exception(error),
+            note="refused by the budget; later refusals in this cell are counted in count",
+        )
+        self._refusals[key] = record
+        self._cells.setdefault(request.cell, []).append(record)
+        await run_hook(self.on_subcall, record=record)
+        await self._tell_late(request.cell)
+
+    async def _tell_late(self, cell: str | None) -> None:
+        if cell in self._recorded and self.on_late is not None:
+            await run_hook(self.on_late, cell, self._cells[cell])
+
     async def final(self, value: str, *, via: str, cell: str | None = None) -> None:
         """Take the final answer sent from the kernel."""
         self.final_value = value
@@ -205,6 +248,8 @@ class SubcallService:
     async def _from_book(self, prompt: str) -> str:
         assert self.book is not None
         (call,) = self.book.take([prompt])
+        if call is None and self._book_refusal is not None:
+            raise self._book_refusal  # refused once, refused ever after (recorded once)
         if call is not None and call.cancelled:
             # Cut short by its cell's time limit in the recorded run: wait for the same cut.
             await asyncio.sleep(CANCELLED_WAIT_S)
@@ -212,6 +257,8 @@ class SubcallService:
             return self.book.answer(prompt)  # nothing was used up: this raises the miss
         failure = call.failure
         if failure is not None:
+            if failure.type == "BudgetExceeded":
+                self._book_refusal = failure.to_exception()
             raise failure.to_exception()
         assert call.response is not None
         return call.response

@@ -15,7 +15,7 @@ PACKAGE = Path(rlm_kernel.__file__).parent
 # the layers below it, never above: the run core never imports the user interface, the record
 # never imports the engine, and the kernel runtime imports nothing of ours.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("kernel", {"runtime", "upload", "_dspy_kernel", "_tools_kernel"}),
+    ("kernel", {"runtime", "upload", "_dspy_kernel", "_tools_kernel", "_capture"}),
     ("base", {"errors", "types", "llm", "hooks"}),
     ("record", {"record"}),
     (

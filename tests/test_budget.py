@@ -76,8 +76,13 @@ def test_subcall_record_dict_has_every_field():
 
     record = SubcallRecord(1, "llm", "m", "ab", 2, "hi", usage=Usage(calls=1, input_tokens=3))
     data = record.to_dict()
-    assert set(data) == {f.name for f in dataclasses.fields(SubcallRecord)}
+    # count is written only for a record that stands for repeated refusals
+    assert set(data) == {f.name for f in dataclasses.fields(SubcallRecord)} - {"count"}
     assert data["usage"]["input_tokens"] == 3
+    record.count = 7
+    assert record.to_dict()["count"] == 7
+    assert SubcallRecord.from_metadata(record.to_dict()).count == 7
+    assert SubcallRecord.from_metadata(data).count == 1
 
 
 def test_a_cost_limit_warns_once_per_unpriced_model():

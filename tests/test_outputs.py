@@ -10,8 +10,9 @@ import nbformat
 import pytest
 from jupyter_client.session import Session
 
+from rlm_kernel import _capture
 from rlm_kernel.kernel import KernelSession
-from rlm_kernel.outputs import OutputCollector, render_text, strip_ansi, truncate
+from rlm_kernel.outputs import ELISION_MIME, OutputCollector, render_text, strip_ansi, truncate
 
 # A valid 1x1 PNG.
 PNG_B64 = (
@@ -251,5 +252,155 @@ def test_the_end_of_dropped_stream_text_is_kept_for_readers():
         collector.add(msg("stream", name="stdout", text=f"line {i:03d}\n"))
     assert collector.truncated
     assert collector.dropped_tail == "\nline 049\n"[-10:]
-    kept = sum(len(o["text"]) for o in collector.outputs[:-1])
-    assert kept + collector.dropped_chars == 50 * len("line 000\n")
+    kept, marker, tail = collector.outputs
+    assert len(kept["text"]) + collector.dropped_chars == 50 * len("line 000\n")
+    assert collector.output_chars == 50 * len("line 000\n")
+    assert marker["name"] == "stderr" and tail["text"] == collector.dropped_tail
+
+
+# -- output capped at the source, in the kernel ----------------------------------------------
+
+HEAD, TAIL = 100_000, 1_000
+
+
+@pytest.fixture(scope="module")
+def capped():
+    """A real kernel whose cells may send ``HEAD`` bytes; yields ``run(code) -> (result, sent)``.
+
+    ``sent`` counts what crossed iopub: stream characters and display messages.
+    """
+    loop = asyncio.new_event_loop()
+    ks = KernelSession(setup_code=_capture.setup_code(HEAD, TAIL))
+    loop.run_until_complete(ks.start())
+
+    def run(code: str):
+        sent = {"stream": 0, "displays": 0}
+
+        def count(msg):
+            if msg["header"]["msg_type"] == "stream":
+                sent["stream"] += len(msg["content"]["text"])
+            elif msg["header"]["msg_type"] == "display_data":
+                sent["displays"] += 1
+
+        collector = OutputCollector(HEAD, tail_chars=TAIL)
+        result = loop.run_until_complete(ks.execute(code, collector=collector, on_output=count))
+        return result, collector, sent
+
+    yield run
+    loop.run_until_complete(ks.shutdown())
+    loop.close()
+
+
+def test_a_flood_is_capped_in_the_kernel_and_its_real_end_is_kept(capped):
+    # 200 MB in 1 MB writes: only the head and the tail cross to the host.
+    code = (
+        "import sys\n"
+        "for i in range(200): sys.stdout.write(chr(97 + i % 26) * 1_000_000)\n"
+        "print('THE END')"
+    )
+    result, collector, sent = capped(code)
+    validate(result.outputs)
+    assert result.status == "ok"
+    assert sent["stream"] == HEAD and sent["displays"] == 1  # the head, then the kernel's note
+    total = 200_000_000 + len("THE END\n")
+    assert collector.total_bytes == result.output_bytes == total
+    assert collector.output_chars == total
+    head, marker, tail = result.outputs
+    assert head["text"] == "a" * HEAD
+    assert (
+        f"{total - HEAD} more bytes not recorded; its last {TAIL} characters follow"
+        in (marker["text"])
+    )
+    assert tail["name"] == "stdout" and tail["text"] == "r" * (TAIL - 8) + "THE END\n"
+    shown = collector.shown(300)
+    assert shown.startswith("a" * 150) and shown.endswith("r" * 142 + "THE END\n")
+    assert f"[{total - 300} characters omitted; the full output is {total} characters]" in shown
+    # The next cell has a budget of its own.
+    result, collector, sent = capped("print('small')")
+    assert render_text(result.outputs) == "small\n" and not collector.truncated
+
+
+def test_the_capped_stdout_is_still_ipykernels_stream(capped):
+    code = (
+        "import ipykernel.iostream as io, sys\n"
+        "print(isinstance(sys.stdout, io.OutStream), isinstance(sys.stderr, io.OutStream),\n"
+        "      sys.stdout.isatty(), sys.stdout.encoding, sys.stdout.fileno() > 2,\n"
+        "      sys.stdout.writable(), sys.stdout.write('ab'), sys.stdout.flush())"
+    )
+    result, _, _ = capped(code)
+    assert render_text(result.outputs) == "abTrue True False UTF-8 True True 2 None\n"
+
+
+def test_kept_output_in_the_kernels_own_history_is_capped_too(capped):
+    capped("import sys\nfor _ in range(20): sys.stdout.write('h' * 1_000_000)")
+    code = (
+        "hm = get_ipython().history_manager\n"
+        "print(max(sum(len(t) for o in v for t in o.bundle.get('stream', []))\n"
+        "          for v in hm.outputs.values()))"
+    )
+    result, _, _ = capped(code)
+    assert int(render_text(result.outputs)) <= HEAD
+
+
+def test_subprocess_output_on_file_descriptors_is_capped(capped):
+    code = (
+        "import subprocess, sys\n"
+        "_ = subprocess.run([sys.executable, '-c', 'print(\"z\" * 5_000_000)'], check=True)"
+    )
+    result, collector, sent = capped(code)
+    validate(result.outputs)
+    assert sent["stream"] <= HEAD  # ipykernel's pipe reader goes through the same cap
+    # Written before the cell ended; the pipe may still hold its last 64 KB when it does.
+    assert collector.truncated and 5_000_001 - 65_536 <= collector.total_bytes <= 5_000_001
+
+
+def test_a_display_flood_is_capped_in_the_kernel(capped):
+    code = (
+        "from IPython.display import display, HTML\n"
+        "for i in range(2000): display(HTML('<b>' + 'x' * 1000 + '</b>'))"
+    )
+    result, collector, sent = capped(code)
+    validate(result.outputs)
+    assert sent["displays"] <= HEAD // 1000 + 2  # what fits, and the kernel's note
+    assert collector.total_bytes >= 2000 * 1000
+    assert result.outputs[-1]["name"] == "stderr" and "not recorded" in result.outputs[-1]["text"]
+
+
+def test_code_imitating_the_kernels_note_is_held_to_the_cap(capped):
+    code = (
+        "from IPython.display import display\n"
+        f"note = {{'text/plain': 'x', {ELISION_MIME!r}: {{'name': 'stdout', 'elided_chars': 1,\n"
+        "        'elided_bytes': 1, 'elided_displays': 0, 'tail': 'y' * 50_000}}\n"
+        "for _ in range(100): display(note, raw=True)"
+    )
+    _, collector, sent = capped(code)
+    assert sent["displays"] <= 4
+    assert len(collector.dropped_tail) <= TAIL
+
+
+def test_a_note_of_elided_output_counts_as_dropped():
+    collector = OutputCollector(100, tail_chars=10)
+    collector.add(stream("h" * 100))
+    note = {"name": "stdout", "elided_chars": 5000, "elided_bytes": 5000, "tail": "t" * 9 + "\n"}
+    collector.add(msg("display_data", data={"text/plain": "", ELISION_MIME: note}, metadata={}))
+    assert collector.output_chars == 5100 and collector.total_bytes == 5100
+    kept, marker, tail = collector.outputs
+    assert kept["text"] == "h" * 100 and tail["text"] == "t" * 9 + "\n"
+    assert "5000 more bytes not recorded; its last 10 characters follow" in marker["text"]
+    assert collector.shown(20) == (
+        "h" * 10
+        + "\n... [5080 characters omitted; the full output is 5100 characters] ...\n"
+        + "t" * 9
+        + "\n"
+    )
+    validate(collector.outputs)
+
+
+def test_a_huge_result_is_cut_in_the_kernel(capped):
+    result, collector, _ = capped("'r' * 50_000_000")
+    validate(result.outputs)
+    (out,) = result.outputs
+    text = out["data"]["text/plain"]
+    assert text.startswith("'rrr") and len(text) <= HEAD
+    assert "more characters of this result were not sent]" in text
+    assert collector.total_bytes <= HEAD and not collector.truncated

@@ -11,6 +11,7 @@ process, socket or temporary directory is left.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -188,3 +189,120 @@ def test_failed_sub_calls_reach_the_code_as_clear_errors_and_are_recorded(
             assert record.error.type == "SubcallError", name
             assert message in record.error.message and "\n" not in record.error.message, name
             assert record.response is None
+
+
+# -- floods of refused sub-calls ------------------------------------------------------------------
+
+IGNORES_REFUSALS = """```repl
+answers = [llm_query("first"), llm_query("second")]
+refused = 0
+while True:
+    try:
+        llm_query(f"again {refused}")
+    except Exception:
+        refused += 1
+```"""
+BATCH_REFUSED = """```repl
+try:
+    llm_query_batched([f"p{i}" for i in range(500)])
+except BudgetExceeded as e:
+    print(len(e.errors), "refused")
+```
+FINAL(done)"""
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_code_that_ignores_budget_refusals_is_stopped_and_recorded_compactly(
+    fake_model_server, tmp_path, clean, capsys, provider
+):
+    fake_model_server.add_model("root", ScriptedModel([IGNORES_REFUSALS, BATCH_REFUSED]))
+    fake_model_server.add_model("sub", lambda messages: "sub answer")
+    result = run(provider, tmp_path, stream=False, max_subcalls=2)
+    assert (result.status, result.answer) == ("answered", "done")
+    nb = recorded(result.notebook)
+    loop_cell, batch_cell = [c for c in nb.cells if "rlm-code" in c.metadata.get("tags", [])]
+
+    # The endless loop ended: the runtime stopped the cell after REFUSAL_LIMIT refusals.
+    assert loop_cell.metadata.rlm.exec.status == "error"
+    (error,) = [o for o in loop_cell.outputs if o.output_type == "error"]
+    assert error.ename == "SubcallsRefused"
+    assert "the budget refused 20 sub-calls in this cell" in error.evalue
+    assert "SubcallsRefused" in loop_cell.metadata.rlm.exec.shown
+    records = loop_cell.metadata.rlm.subcalls
+    assert [r.response for r in records[:2]] == ["sub answer", "sub answer"]
+    (refusal,) = records[2:]
+    assert refusal.error.type == "BudgetExceeded" and refusal.count == 20
+    assert refusal.prompt_preview == "again 0"
+
+    # A refused batch is one record with the number of its prompts.
+    assert "".join(o.get("text", "") for o in batch_cell.outputs) == "500 refused\n"
+    (batch,) = batch_cell.metadata.rlm.subcalls
+    assert batch.error.type == "BudgetExceeded" and batch.count == 500
+    assert len(fake_model_server.requests) == 2 + 2  # two root replies, two answered sub-calls
+
+    # The compact record replays: the same refusals, the same stop, the same answer.
+    from rlm_kernel.cli import main
+
+    capsys.readouterr()
+    assert main(["replay", str(result.notebook), "--json"]) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "reproduced"
+    assert {c["result"] for c in report["cells"]} == {"same"}
+
+
+def test_a_loop_that_even_catches_the_stop_ends_at_the_cell_timeout_asking_the_host_no_more(
+    fake_model_server, tmp_path, clean
+):
+    code = (
+        "```repl\nwhile True:\n    try:\n        llm_query('q')\n"
+        "    except BaseException:\n        pass\n```"
+    )
+    fake_model_server.add_model("root", ScriptedModel([code, "FINAL(done)"]))
+    fake_model_server.add_model("sub", lambda messages: "sub answer")
+    result = run("anthropic", tmp_path, stream=False, max_subcalls=1, cell_timeout=2)
+    assert (result.status, result.answer) == ("answered", "done")
+    nb = recorded(result.notebook)
+    (cell,) = [c for c in nb.cells if "rlm-code" in c.metadata.get("tags", [])]
+    assert cell.metadata.rlm.exec.status == "timeout"
+    answered, refusal = cell.metadata.rlm.subcalls
+    assert answered.response is not None and answered.get("count", 1) == 1
+    assert refusal.count == 20  # the runtime stopped asking; the rest never reached the host
+
+
+# -- an empty context -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["file", "directory of empty files"])
+def test_an_empty_context_is_warned_about_in_one_line_and_noted_in_the_notebook(
+    fake_model_server, tmp_path, clean, capsys, kind
+):
+    from rlm_kernel.cli import main
+
+    if kind == "file":
+        context = tmp_path / "empty.txt"
+        context.write_bytes(b"")
+    else:
+        context = tmp_path / "docs"
+        context.mkdir()
+        (context / "a.txt").write_text("")
+        (context / "b.txt").write_text("\n")
+    fake_model_server.add_model("root", ScriptedModel(["FINAL(nothing)"]))
+    out = tmp_path / "run.ipynb"
+    argv = ["run", "--question", "q", "--context", str(context), "--out", str(out)]
+    assert main([*argv, "--model", "anthropic:root", "--sub-model", "anthropic:root"]) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "warning" in line]
+    assert line.startswith("rlm-kernel: warning: ") and str(context) in line
+    assert "the model has nothing to read" in line
+    (noted,) = recorded(out).metadata.rlm.context.warnings
+    assert str(context) in noted and "nothing to read" in noted
+
+
+def test_an_empty_context_warns_in_python(fake_model_server, tmp_path, clean):
+    from rlm_kernel import ContextWarning
+
+    fake_model_server.add_model("root", ScriptedModel(["FINAL(nothing)"]))
+    rlm = RLM("anthropic:root", "anthropic:root")
+    with pytest.warns(ContextWarning, match=r"the context is empty \(0 bytes\)"):
+        result = rlm.run("q", context="", notebook=tmp_path / "run.ipynb")
+    assert result.status == "answered"

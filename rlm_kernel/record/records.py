@@ -122,6 +122,8 @@ class SubcallRecord:
         note: what the record should tell a reader (e.g. the depth fallback).
         cell: the id of the cell the call came from, as the kernel sent it.
         cached: answered by the model-call cache (no API call; ``usage`` is the original's).
+        count: how many calls the record stands for: the budget's repeated refusals in one
+            cell are recorded once, with their number.
     """
 
     id: int
@@ -141,11 +143,12 @@ class SubcallRecord:
     note: str | None = None
     cell: str | None = None
     cached: bool = False
+    count: int = 1
 
     def to_metadata(self) -> dict[str, Any]:
-        """The JSON form kept on the cell."""
+        """The JSON form kept on the cell (``count`` only when it is not 1)."""
         # Spelled out: a batch records thousands of these, and dataclasses.asdict deep-copies.
-        return {
+        data = {
             "id": self.id,
             "kind": self.kind,
             "model": self.model,
@@ -164,6 +167,9 @@ class SubcallRecord:
             "cell": self.cell,
             "cached": self.cached,
         }
+        if self.count != 1:
+            data["count"] = self.count
+        return data
 
     to_dict = to_metadata
 
@@ -188,6 +194,7 @@ class SubcallRecord:
             note=data.get("note"),
             cell=data.get("cell"),
             cached=bool(data.get("cached")),
+            count=int(data.get("count") or 1),
         )
 
 
