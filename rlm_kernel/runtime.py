@@ -469,6 +469,7 @@ class _Host:
         self.cells = cells
         self.handoff_dir = handoff_dir
         self.ended: str | None = None
+        self.refusals = _Refusals()
 
     def end(self, note: str = "") -> None:
         """Disconnect for good: every later call raises :class:`RunEnded` (``note`` appended)."""
@@ -480,7 +481,6 @@ class _Host:
     def _check_running(self, caller: str) -> None:
         if self.ended is not None:
             raise RunEnded(f"{caller}: this run has ended{self.ended}")
-        self.refusals = _Refusals()
 
     def subcall(
         self,
