@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from .errors import NotebookFormatError
 from .record import read
-from .types import RunResult, Usage
+from .types import RunResult, Usage, tokens_text
 
 __all__ = ["ChildState", "ChildTracker", "TerminalProgress", "plural"]
 
@@ -44,6 +44,11 @@ def one_line(text: str, limit: int = QUESTION_CHARS) -> str:
 
 def _tokens(usage: dict[str, Usage] | None) -> int:
     return sum(u.total_tokens for u in (usage or {}).values())
+
+
+def _tokens_text(usage: dict[str, Usage] | None) -> str:
+    # A server that reports no usage makes the sum a lower bound, or unknown: never a false 0.
+    return tokens_text((usage or {}).values())
 
 
 @dataclass
@@ -238,7 +243,7 @@ class TerminalProgress:
         blocks: int, usage: dict[str, Usage] | None, subcalls: int, cost_usd: float | None
     ) -> str:
         return (
-            f"{plural(blocks, 'code block')} · {_tokens(usage):,} tokens · "
+            f"{plural(blocks, 'code block')} · {_tokens_text(usage)} · "
             f"{plural(subcalls, 'sub-call')} · {cost_text(cost_usd)}"
         )
 

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .bridge import SubcallRequest
+from .bridge import Reply, SubcallRequest
 from .budget import Budget
 from .errors import BridgeError
 from .hooks import run_hook
 from .llm import LLM, resolve
+from .llm import complete as llm_complete
 from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
 from .types import Limits
 
@@ -49,6 +50,7 @@ class SubcallService:
         on_subcall: hook called as ``on_subcall(record=)`` after each sub-call.
         on_late: called as ``on_late(cell_id, records)`` when a recorded cell's sub-calls
             change after it was recorded.
+        sampling: the keywords sent with each sub-model call (``temperature``, ``seed``).
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class SubcallService:
         handoff_dir: Path | None = None,
         on_subcall: Callable[..., Any] | None = None,
         on_late: Callable[[str, list[SubcallRecord]], Awaitable[None] | None] | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> None:
         self.sub = sub
+        self.sampling = dict(sampling or {})
         self.budget = budget
         self.limits = limits
         self.children = children
@@ -157,7 +161,7 @@ class SubcallService:
         if failure is not None:
             raise failure.to_exception()
         assert call.response is not None
-        return call.response
+        return Reply(call.response, call.stop_reason)
 
     async def _ask(
         self, request: SubcallRequest, record: SubcallRecord, handoff: Path | None
@@ -169,8 +173,11 @@ class SubcallService:
             record.note = "at the maximum depth: answered by the sub-model, not a child run"
             if handoff is not None:
                 prompt = f"{prompt}\n\n{handoff.read_text(encoding='utf-8')}"
-        completion = await llm.complete(
-            [{"role": "user", "content": prompt}], max_tokens=self.limits.sub_max_tokens
+        completion = await llm_complete(
+            llm,
+            [{"role": "user", "content": prompt}],
+            max_tokens=self.limits.sub_max_tokens,
+            **self.sampling,
         )
         self.budget.charge("sub", completion)
         record.response = completion.text
@@ -179,7 +186,7 @@ class SubcallService:
         record.cost_usd = completion.cost_usd
         record.retries = completion.retries
         record.stop_reason = completion.stop_reason
-        return completion.text
+        return Reply(completion.text, completion.stop_reason)
 
     def _take_handoff(self, context: dict[str, str] | None) -> Path | None:
         if context is None:

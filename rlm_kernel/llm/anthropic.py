@@ -62,10 +62,24 @@ class AnthropicLLM:
         self._client = client
         # Published prices apply only to the official endpoint, not to proxies or look-alikes.
         self.official = client.base_url.host == _OFFICIAL_HOST
+        # The Messages API has no seed; a compatible server of one's own may take one.
+        self.sampling_keywords = (
+            frozenset({"temperature"}) if self.official else frozenset({"temperature", "seed"})
+        )
         pricing.user_prices()  # a broken prices file fails here, before any run starts
 
-    async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         """Send the conversation and return the reply with its usage, cost and retry count.
+
+        ``temperature`` is sent when given; ``seed``, which the official API does not take
+        (see ``sampling_keywords``), goes in the body for other servers.
 
         Raises:
             ModelError: the call failed after the SDK's retries (HTTP error, timeout, no
@@ -73,6 +87,12 @@ class AnthropicLLM:
                 server sent no reply or a stream without its stop reason.
         """
         params = self._params(messages, max_tokens)
+        if temperature is not None:
+            params["temperature"] = temperature
+        if seed is not None:
+            if self.official:
+                raise UsageError(f"{self.name}: the Anthropic API takes no seed; leave it unset")
+            params["extra_body"] = {"seed": seed}
         streamed = wants_stream(self.stream, max_tokens) or max_tokens > _NONSTREAMING_MAX_TOKENS
         start = time.perf_counter()
         try:
