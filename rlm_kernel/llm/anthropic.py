@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,11 @@ from . import _sdk, pricing, wants_stream
 _NONSTREAMING_MAX_TOKENS = 128_000 * 10 // 60
 _CACHE_CONTROL = {"type": "ephemeral"}
 _OFFICIAL_HOST = "api.anthropic.com"
+_SAMPLING = frozenset({"temperature", "seed"})
+# Which of them this SDK's Messages.create declares (older SDKs have temperature).
+_SDK_SAMPLING = _SAMPLING & frozenset(
+    inspect.signature(anthropic.resources.AsyncMessages.create).parameters
+)
 
 
 class AnthropicLLM:
@@ -62,10 +68,9 @@ class AnthropicLLM:
         self._client = client
         # Published prices apply only to the official endpoint, not to proxies or look-alikes.
         self.official = client.base_url.host == _OFFICIAL_HOST
-        # The Messages API has no seed; a compatible server of one's own may take one.
-        self.sampling_keywords = (
-            frozenset({"temperature"}) if self.official else frozenset({"temperature", "seed"})
-        )
+        # The official API takes only what the SDK declares (it has no seed, and current SDKs
+        # no temperature either); a compatible server of one's own gets them in the body.
+        self.sampling_keywords = _SDK_SAMPLING if self.official else _SAMPLING
         pricing.user_prices()  # a broken prices file fails here, before any run starts
 
     async def complete(
@@ -78,8 +83,9 @@ class AnthropicLLM:
     ) -> Completion:
         """Send the conversation and return the reply with its usage, cost and retry count.
 
-        ``temperature`` is sent when given; ``seed``, which the official API does not take
-        (see ``sampling_keywords``), goes in the body for other servers.
+        ``temperature`` and ``seed`` are sent when given: as the SDK's parameters where it has
+        them, else in the request body, which only servers other than the official one take
+        (see ``sampling_keywords``).
 
         Raises:
             ModelError: the call failed after the SDK's retries (HTTP error, timeout, no
@@ -87,12 +93,18 @@ class AnthropicLLM:
                 server sent no reply or a stream without its stop reason.
         """
         params = self._params(messages, max_tokens)
-        if temperature is not None:
-            params["temperature"] = temperature
-        if seed is not None:
-            if self.official:
-                raise UsageError(f"{self.name}: the Anthropic API takes no seed; leave it unset")
-            params["extra_body"] = {"seed": seed}
+        sampling = {
+            k: v for k, v in (("temperature", temperature), ("seed", seed)) if v is not None
+        }
+        refused = sorted(set(sampling) - self.sampling_keywords)
+        if refused:
+            raise UsageError(
+                f"{self.name}: the Anthropic API takes no {', '.join(refused)}; leave it unset"
+            )
+        body = {k: v for k, v in sampling.items() if k not in _SDK_SAMPLING}
+        params.update({k: v for k, v in sampling.items() if k in _SDK_SAMPLING})
+        if body:
+            params["extra_body"] = body
         streamed = wants_stream(self.stream, max_tokens) or max_tokens > _NONSTREAMING_MAX_TOKENS
         start = time.perf_counter()
         try:
