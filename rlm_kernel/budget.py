@@ -79,8 +79,7 @@ class Budget:
                 else "has no known price (give one with --price or set_price)"
             )
             warnings.warn(
-                f"{completion.model} {why}: max_cost_usd counts only the calls whose cost "
-                "is known",
+                f"{completion.model} {why}: max_cost_usd counts only the calls whose cost is known",
                 CostWarning,
                 stacklevel=2,
             )
