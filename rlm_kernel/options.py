@@ -225,7 +225,7 @@ def add_sampling_options(parser: argparse.ArgumentParser, *, title: str = "sampl
             type=_sampling_reader(o),
             default=argparse.SUPPRESS,
             metavar=o.metavar,
-            help=o.help,
+            help=f"{o.help} (default: not sent, the server's own)",
         )
 
 
@@ -276,7 +276,7 @@ def add_price_option(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL=IN,OUT",
         help="price a model in USD per million input and output tokens, e.g. "
         "openai:llama3.1=0,0 (repeatable; ahead of the prices file; off the providers' "
-        "official endpoints a model has no price unless it is given one)",
+        "official endpoints a model has no price unless it is given one; default: none given)",
     )
 
 
