@@ -315,3 +315,19 @@ def test_a_lone_surrogate_in_replies_does_not_end_the_run(tmp_path, fake_model_s
     assert "Half a character: \ufffd." in _steps(nb)[0].raw
     code = _code_cell(nb)
     assert "broken \ufffd text" in "".join(o.get("text", "") for o in code.outputs)
+
+
+def test_the_official_anthropic_api_is_sent_no_sampling_the_sdk_does_not_declare():
+    import anthropic
+
+    from rlm_kernel.llm import check_sampling
+    from rlm_kernel.llm.anthropic import AnthropicLLM
+
+    official = AnthropicLLM("claude-x", client=anthropic.AsyncAnthropic(api_key="k"))
+    assert official.official
+    with pytest.raises(UsageError, match=r"sub model anthropic:claude-x takes no seed"):
+        check_sampling(official, {"seed": 1}, role="sub")
+    local = AnthropicLLM(
+        "m", client=anthropic.AsyncAnthropic(api_key="k", base_url="http://127.0.0.1:9")
+    )
+    check_sampling(local, {"seed": 1, "temperature": 0.5}, role="root")
