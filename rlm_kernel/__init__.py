@@ -19,7 +19,7 @@ from .live import attach as _attach_display
 from .llm import LLM, register_provider
 from .run import RLM
 from .run import set_default_display as _set_default_display
-from .types import Completion, Limits, RunResult, Usage
+from .types import Completion, Limits, RunResult, Sampling, Usage
 
 if _typing.TYPE_CHECKING:
     from .widgets import RunViewer
@@ -64,6 +64,7 @@ __all__ = [
     "NotebookFormatError",
     "RLMKernelError",
     "RunResult",
+    "Sampling",
     "UnknownProviderError",
     "Usage",
     "UsageError",

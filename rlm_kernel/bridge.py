@@ -30,7 +30,7 @@ another machine, reached through a tunnel). Every message in either direction is
 
        → {"id": 7, "op": "subcall", "kind": "llm", "prompts": ["...", ...], "model": null,
           "cell": "step-3-code-1"}
-       ← {"id": 7, "results": [{"ok": "answer"},
+       ← {"id": 7, "results": [{"ok": "answer", "stop_reason": "end_turn"},
                                {"error": {"type": "SubcallError", "message": "...",
                                           "retries": 2}},
                                {"error": {"type": "BudgetExceeded", "message": "...",
@@ -40,6 +40,9 @@ another machine, reached through a tunnel). Every message in either direction is
    A ``"rlm"`` request may carry ``"contexts"``: one entry per prompt, ``null`` or
    ``{"path": ..., "kind": "text" | "json"}``, a file the kernel wrote in the run's hand-off
    folder, which the host then owns.
+
+   ``stop_reason`` (optional) is why the model stopped, as its API says it (``max_tokens`` or
+   ``length``: the answer was cut at the token cap).
 
    Results are in prompt order. The prompts of a request run concurrently, and at most
    ``max_concurrency`` sub-calls run at once across all connections of the server. An error is
@@ -101,7 +104,14 @@ from .errors import BridgeError
 from .llm import prompt_cache
 from .record import ErrorRecord
 
-__all__ = ["BridgeServer", "SubcallHandler", "SubcallRequest", "ToolRequest", "socket_dir"]
+__all__ = [
+    "BridgeServer",
+    "Reply",
+    "SubcallHandler",
+    "SubcallRequest",
+    "ToolRequest",
+    "socket_dir",
+]
 
 _HEADER = struct.Struct(">I")
 _MAX_HELLO_BYTES = 64 * 1024
@@ -657,7 +667,21 @@ class BridgeServer:
             return _protocol_error(
                 f"the sub-call returned {type(text).__name__}, expected str", "SubcallError"
             )
-        return {"ok": text}
+        stop_reason = getattr(text, "stop_reason", None)
+        if stop_reason is not None:
+            return {"ok": str(text), "stop_reason": str(stop_reason)}
+        return {"ok": str(text)}
+
+
+class Reply(str):
+    """A sub-call's answer with why the model stopped (``stop_reason``), for the wire."""
+
+    stop_reason: str | None
+
+    def __new__(cls, text: str, stop_reason: str | None = None) -> Reply:
+        reply = super().__new__(cls, text)
+        reply.stop_reason = stop_reason
+        return reply
 
 
 def socket_dir(prefix: str = "rlm-b-", *, name: str = "bridge.sock") -> Path:

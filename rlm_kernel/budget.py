@@ -78,9 +78,13 @@ class Budget:
         unpriced = completion.cost_usd is None and completion.model not in self._unpriced
         if unpriced and self.limits.max_cost_usd is not None:
             self._unpriced.add(completion.model)
+            why = (
+                "reported no token usage"
+                if completion.usage.unknown_calls
+                else "has no known price (give one with --price or set_price)"
+            )
             warnings.warn(
-                f"{completion.model} has no known price: max_cost_usd counts only the calls "
-                "of priced models (add its prices to rlm_kernel/llm/prices.json)",
+                f"{completion.model} {why}: max_cost_usd counts only the calls whose cost is known",
                 CostWarning,
                 stacklevel=2,
             )

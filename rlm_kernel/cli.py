@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options.add_limit_options(run)
     options.add_cache_options(run)
+    options.add_sampling_options(run)
+    options.add_price_option(run)
     _output_args(run, "rlm-runs/run-<date>-<time>-<id>.ipynb")
 
     rs = sub.add_parser(
@@ -202,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     _approve_arg(rs)
     options.add_limit_options(rs)
     options.add_cache_options(rs)
+    options.add_sampling_options(rs)
+    options.add_price_option(rs)
     _output_args(rs, "RUN-from-K.ipynb beside RUN.ipynb")
 
     rp = sub.add_parser(
@@ -280,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the files (default: rlm-demo)",
     )
     options.add_limit_options(dm)
+    options.add_sampling_options(dm)
+    options.add_price_option(dm)
     _output_args(dm, "DIR/demo-run.ipynb, rewritten by each demo")
     _batch_parser(sub)
     # Listed for --help; `bench` reads its own arguments (rlm_kernel.bench.cli), see main().
@@ -307,6 +313,7 @@ def _add_mcp(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000, help="the port for --http (default: 8000)")
     options.add_model_options(p)
     options.add_limit_options(p)
+    options.add_price_option(p)
 
 
 def _question(args: argparse.Namespace) -> str:
@@ -369,6 +376,7 @@ def _system_prompt(args: argparse.Namespace) -> str | None:
 def _rlm(
     args: argparse.Namespace, model: str, sub_model: str, child_model: str | None = None
 ) -> RLM:
+    options.apply_prices(args)
     hooks = {} if (args.quiet or args.json) else TerminalProgress().hooks()
     embed = getattr(args, "embed_context", False)
     # The prompts go to stderr: stdout carries the answer alone.
@@ -386,6 +394,7 @@ def _rlm(
         tools=_tools(args),
         cache=options.cache_path(args),
         **options.limit_overrides(args),
+        **options.sampling_overrides(args),
         **hooks,
     )
     return rlm
@@ -519,6 +528,7 @@ def _batch_parser(sub: Any) -> None:
     options.add_model_options(bt)
     _gateway_arg(bt)
     options.add_limit_options(bt)  # --max-cost is for the whole batch here
+    options.add_price_option(bt)
 
 
 def _gateway_arg(p: argparse.ArgumentParser) -> None:
@@ -547,6 +557,7 @@ def _gateway(args: argparse.Namespace) -> Any:
 def cmd_batch(args: argparse.Namespace) -> int:
     from . import batching as batch
 
+    options.apply_prices(args)
     session = _gateway(args)
     limits = {k: v for k, v in options.limit_overrides(args).items() if k != "max_cost_usd"}
     models = options.choose_models(args)
@@ -582,6 +593,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         limits = Limits(**options.limit_overrides(args))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    options.apply_prices(args)
     models = options.choose_models(args)
     server = mcp.build_server(models["model"], models["sub_model"], limits, runs_dir=args.runs_dir)
     transport = "http" if args.http else "stdio"

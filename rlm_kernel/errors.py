@@ -72,15 +72,27 @@ class OutputPathError(UsageError):
 
 
 class ModelError(RLMKernelError, RuntimeError):
-    """A model call failed after the SDK's retries."""
+    """A model call failed after the SDK's retries.
+
+    ``transient`` says the failure was in the transport of a reply (a connection lost mid-way,
+    a stream cut, empty or not valid), which the same call made again may well not meet; an
+    HTTP error status (a bad key, an unknown model) is not transient.
+    """
 
     def __init__(
-        self, model: str, message: str, *, retries: int = 0, status: int | None = None
+        self,
+        model: str,
+        message: str,
+        *,
+        retries: int = 0,
+        status: int | None = None,
+        transient: bool = False,
     ) -> None:
         self.model = model
         self.reason = message
         self.retries = retries
         self.status = status
+        self.transient = transient
         super().__init__(f"{model}: {message}")
 
 

@@ -40,7 +40,7 @@ from .progress import (
     plural,
 )
 from .record import SubcallRecord, read
-from .types import RunResult, Usage
+from .types import RunResult, Usage, tokens_text
 
 __all__ = [
     "LiveDisplay",
@@ -262,12 +262,12 @@ class LiveDisplay:
         self._show_children()
 
     def _refresh(self) -> None:
-        tokens = sum(u.total_tokens for u in self.usage.values())
+        tokens = html.escape(tokens_text(self.usage.values()))
         cost = None if self.cost_usd is None or self.sub_cost is None else self.cost_usd
         cost = None if cost is None else cost + (self.sub_cost or 0)
         step = f"step {self.step} of {self.max_steps}" if self.step else "waiting for the model"
         self.header.value = (
-            f"<b>RLM {html.escape(self.state)}</b> · {step} · {tokens:,} tokens · "
+            f"<b>RLM {html.escape(self.state)}</b> · {step} · {tokens} · "
             f"{plural(self.subcalls, 'sub-call')} · {cost_text(cost)} · "
             f"{time.monotonic() - self.started:.1f} s · notebook {notebook_link(self.notebook)}"
         )

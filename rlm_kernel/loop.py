@@ -17,10 +17,11 @@ from typing import Any
 from . import parse, prompts
 from .answer import AnswerSchema
 from .budget import Budget
-from .errors import BudgetExceeded, ModelRefused, RunStopped
+from .errors import BudgetExceeded, ModelError, ModelRefused, RunStopped
 from .hooks import run_hook
 from .kernel import ExecResult
 from .llm import LLM
+from .llm import complete as llm_complete
 from .outputs import OutputCollector
 from .record import FINAL_TAG, NOT_RUN_MARKER, Recorder, code_cell_id, code_marker
 from .session import Session
@@ -47,6 +48,7 @@ class StepLoop:
         approve: the human in the loop, or ``None``.
         answer_schema: what the final value must match; a value that does not is recorded as
             rejected, and the model is told why and asked again (the next step).
+        sampling: the keywords sent with each root call (``temperature``, ``seed``), if any.
     """
 
     def __init__(
@@ -62,8 +64,11 @@ class StepLoop:
         hooks: dict[str, Any],
         approve: Callable[..., Any] | None = None,
         answer_schema: AnswerSchema | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
+        self.sampling = dict(sampling or {})
+        self.step_retry: str | None = None  # why the last root call was made twice, if it was
         self.question = question
         self.limits = limits
         self.budget = budget
@@ -105,7 +110,7 @@ class StepLoop:
                 raw=text,
                 usage=completion.usage.to_dict(),
                 latency_s=round(completion.latency_s, 4),
-                extra=_completion_extra(completion),
+                extra=self._completion_extra(completion),
             )
             await run_hook(
                 self.hooks.get("on_step"),
@@ -190,15 +195,51 @@ class StepLoop:
         if grace is None:
             self.budget.check_time()
         remaining = self.budget.remaining_time() if grace is None else grace
-        coro = self.root.complete(self.messages, max_tokens=self.limits.max_tokens)
         try:
             # wait_for wraps the call in a task; without a deadline there is nothing to enforce.
+            coro = self._complete()
             completion = await (coro if remaining is None else asyncio.wait_for(coro, remaining))
         except asyncio.TimeoutError:
             limit = self.limits.timeout or 0
             raise BudgetExceeded("time (s)", self.budget.elapsed(), limit) from None
         self.budget.charge("root", completion)
         return completion
+
+    async def _complete(self) -> Completion:
+        """One root call; a reply lost in transport (not an HTTP error) is asked for once more."""
+        self.step_retry = None
+        call = functools.partial(
+            llm_complete,
+            self.root,
+            self.messages,
+            max_tokens=self.limits.max_tokens,
+            **self.sampling,
+        )
+        try:
+            return await call()
+        except ModelError as e:
+            if not e.transient:
+                raise
+            first = str(e)
+        try:
+            completion = await call()
+        except ModelError as e:
+            raise ModelError(
+                e.model,
+                f"{str(e).removeprefix(f'{e.model}: ')} (the step was retried once; the first "
+                f"attempt failed too: {first.removeprefix(f'{e.model}: ')})",
+                retries=e.retries,
+                transient=e.transient,
+            ) from e
+        self.step_retry = first
+        return completion
+
+    def _completion_extra(self, completion: Completion) -> dict[str, Any]:
+        extra = _completion_extra(completion)
+        if self.step_retry is not None:
+            # The step's first call failed in transport; this reply is the second attempt's.
+            extra["step_retry"] = {"attempts": 2, "first_error": self.step_retry}
+        return extra
 
     async def _approved_block(
         self, session: Session, step: int, block: int, code: str, limit: int
@@ -325,7 +366,7 @@ class StepLoop:
             raw=completion.text,
             usage=completion.usage.to_dict(),
             latency_s=round(completion.latency_s, 4),
-            extra={"last_call": True, **_completion_extra(completion)},
+            extra={"last_call": True, **self._completion_extra(completion)},
         )
         self.messages.append({"role": "assistant", "content": completion.text or "(empty reply)"})
         subcalls_before = self.budget.subcalls

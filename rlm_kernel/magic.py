@@ -160,6 +160,8 @@ def _rlm_parser() -> argparse.ArgumentParser:
         p, names=("model", "sub_model", "child_model"), metavar="PROVIDER:MODEL_OR_NAME"
     )
     options.add_limit_options(p)
+    options.add_sampling_options(p)
+    options.add_price_option(p)
     return p
 
 
@@ -266,7 +268,9 @@ class RLMMagics(Magics):
                 # The live widget lives on the kernel's thread; --here runs the loop elsewhere.
                 display=False if args.no_display or args.here else None,
                 **options.limit_overrides(args),
+                **options.sampling_overrides(args),
             )
+            options.apply_prices(args)
         except (ValueError, RLMKernelError) as e:
             raise IPythonUsageError(str(e)) from None
         return rlm, question, contexts[0] if len(contexts) == 1 else contexts, args

@@ -6,6 +6,10 @@ a new limit is one line there and appears in ``rlm-kernel run --help``, ``resume
 ``%%rlm`` at once. The only names that differ between Python and the command line are declared
 on the field itself (``max_cost_usd`` is ``--max-cost``); :func:`flag` gives them.
 
+The sampling options (``--temperature``, ``--seed``, ``--sub-temperature``, ``--sub-seed``) come
+the same way from :class:`~rlm_kernel.types.Sampling`, and ``--price MODEL=IN,OUT`` prices a
+model for the process (:func:`~rlm_kernel.llm.pricing.set_price`).
+
 The model options (``--model``, ``--sub-model``, ``--child-model``) are declared here, with the
 one rule that chooses the models (:func:`choose_models`): in a new run a sub-model not given
 follows ``--model`` when that is given, so one local server serves the whole run; a child model
@@ -23,21 +27,27 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL
-from .types import Limits
+from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, pricing
+from .types import Limits, Sampling
 
 __all__ = [
     "LIMIT_OPTIONS",
     "MODEL_OPTIONS",
+    "SAMPLING_OPTIONS",
     "HelpFormatter",
     "Option",
     "add_cache_options",
     "add_limit_options",
     "add_model_options",
+    "add_price_option",
+    "add_sampling_options",
+    "apply_prices",
     "cache_path",
     "choose_models",
     "flag",
     "limit_overrides",
+    "parse_price",
+    "sampling_overrides",
 ]
 
 NO_LIMIT = "none"  # the value that removes a limit that has a default, e.g. --cell-timeout none
@@ -84,10 +94,10 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _limit_options() -> tuple[Option, ...]:
-    hints = typing.get_type_hints(Limits)
+def _field_options(cls: type) -> tuple[Option, ...]:
+    hints = typing.get_type_hints(cls)
     options = []
-    for f in dataclasses.fields(Limits):
+    for f in dataclasses.fields(cls):
         args = typing.get_args(hints[f.name])
         kind = next(a for a in args if a is not type(None)) if args else hints[f.name]
         meta = f.metadata
@@ -105,7 +115,8 @@ def _limit_options() -> tuple[Option, ...]:
     return tuple(options)
 
 
-LIMIT_OPTIONS: tuple[Option, ...] = _limit_options()
+LIMIT_OPTIONS: tuple[Option, ...] = _field_options(Limits)
+SAMPLING_OPTIONS: tuple[Option, ...] = _field_options(Sampling)
 _BY_NAME = {o.name: o for o in LIMIT_OPTIONS}
 
 MODEL_OPTIONS: tuple[Option, ...] = (
@@ -191,6 +202,94 @@ def add_limit_options(parser: argparse.ArgumentParser, *, title: str = "limits")
 def limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The limits given on the command line, as keyword arguments of ``RLM(...)``."""
     return {o.name: getattr(args, o.name) for o in LIMIT_OPTIONS if hasattr(args, o.name)}
+
+
+def _sampling_reader(option: Option) -> Callable[[str], Any]:
+    def read(text: str) -> Any:
+        try:
+            value = option.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {option.kind.__name__} value: {text!r}"
+            ) from None
+        try:
+            Sampling(**{option.name: value})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    return read
+
+
+def add_sampling_options(parser: argparse.ArgumentParser, *, title: str = "sampling") -> None:
+    """Add one option per :class:`Sampling` field to ``parser`` (not given: the server's own)."""
+    group = parser.add_argument_group(title, "a value not given is left to the model's server")
+    for o in SAMPLING_OPTIONS:
+        group.add_argument(
+            o.flag,
+            dest=o.name,
+            type=_sampling_reader(o),
+            default=argparse.SUPPRESS,
+            metavar=o.metavar,
+            help=f"{o.help} (default: not sent, the server's own)",
+        )
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling values given on the command line, as keyword arguments of ``RLM(...)``."""
+    return {o.name: getattr(args, o.name) for o in SAMPLING_OPTIONS if hasattr(args, o.name)}
+
+
+def parse_price(text: str) -> tuple[str, float, float]:
+    """Read ``MODEL=IN,OUT`` (USD per million input and output tokens).
+
+    Raises:
+        ValueError: ``text`` is not of that form, or a price is not a number >= 0.
+    """
+    model, sep, rates = text.rpartition("=")
+    parts = rates.split(",")
+    if not sep or not model.strip() or len(parts) != 2:
+        raise ValueError(
+            f"a price is MODEL=IN,OUT in USD per million tokens, e.g. "
+            f"openai:llama3.1=0.1,0.4; not {text!r}"
+        )
+    try:
+        input_rate, output_rate = (float(part) for part in parts)
+    except ValueError:
+        message = f"the prices in {text!r} must be numbers (USD per million tokens)"
+        raise ValueError(message) from None
+    for rate in (input_rate, output_rate):
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"the prices in {text!r} must be numbers >= 0")
+    return model.strip(), input_rate, output_rate
+
+
+def _price_reader(text: str) -> tuple[str, float, float]:
+    try:
+        return parse_price(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_price_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--price MODEL=IN,OUT`` (repeatable) to ``parser``; :func:`apply_prices` sets them."""
+    parser.add_argument(
+        "--price",
+        dest="prices",
+        type=_price_reader,
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="MODEL=IN,OUT",
+        help="price a model in USD per million input and output tokens, e.g. "
+        "openai:llama3.1=0,0 (repeatable; ahead of the prices file; off the providers' "
+        "official endpoints a model has no price unless it is given one; default: none given)",
+    )
+
+
+def apply_prices(args: argparse.Namespace) -> None:
+    """Set the prices given with ``--price`` for this process."""
+    for model, input_rate, output_rate in getattr(args, "prices", None) or ():
+        pricing.set_price(model, input_rate, output_rate)
 
 
 def add_model_options(

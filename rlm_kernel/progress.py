@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from .errors import NotebookFormatError
 from .record import read
-from .types import RunResult, Usage
+from .types import RunResult, Usage, tokens_text
 
 __all__ = [
     "ChildState",
@@ -51,6 +51,11 @@ def one_line(text: str, limit: int = QUESTION_CHARS) -> str:
 
 def _tokens(usage: dict[str, Usage] | None) -> int:
     return sum(u.total_tokens for u in (usage or {}).values())
+
+
+def _tokens_text(usage: dict[str, Usage] | None) -> str:
+    # A server that reports no usage makes the sum a lower bound, or unknown: never a false 0.
+    return tokens_text((usage or {}).values())
 
 
 @dataclass
@@ -266,7 +271,7 @@ class TerminalProgress:
 
     @staticmethod
     def _totals(usage: dict[str, Usage] | None, cost_usd: float | None) -> str:
-        return f"total {_tokens(usage):,} tokens, {cost_text(cost_usd)}"
+        return f"total {_tokens_text(usage)}, {cost_text(cost_usd)}"
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stderr, flush=True)

@@ -44,7 +44,7 @@ from .errors import (
 from .fork import Fork, replay_prefix
 from .hooks import Hook, run_hook, run_sync
 from .kernel import KernelSession
-from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, resolve
+from .llm import DEFAULT_ROOT_MODEL, DEFAULT_SUB_MODEL, LLM, check_sampling, resolve
 from .llm.cache import CallCache
 from .loop import StepLoop, spent_of
 from .record import ParentLink, Recorder, read
@@ -52,7 +52,7 @@ from .session import KernelPool, SessionFactory
 from .subcalls import SubcallService
 from .tools import ToolBox, ToolsInput, kernel_setup
 from .tree import ChildRun, ChildRunner, children_dir
-from .types import Limits, RunResult, Status
+from .types import Limits, RunResult, Sampling, Status
 
 __all__ = ["RLM", "check_notebook_path", "recorded_models", "run_sync", "set_default_display"]
 
@@ -108,6 +108,10 @@ class RLM:
         child_model: the root model of child runs started by ``rlm_query`` (default: ``model``).
         limits: a :class:`~rlm_kernel.types.Limits`; keyword arguments named like its fields
             (``max_steps=10``) override single fields.
+        sampling: a :class:`~rlm_kernel.types.Sampling` (temperature and seed per role);
+            keyword arguments named like its fields (``temperature=0``, ``sub_seed=7``)
+            override single fields. Only the values set are sent; a model whose ``complete``
+            does not take one that is set is a :class:`~rlm_kernel.errors.UsageError`.
         on_step: hook called after each model reply as ``on_step(step=, max_steps=, text=,
             blocks=, usage=, subcalls=, cost_usd=, elapsed_s=)``.
         on_output: hook called as ``on_output(step=, block=, status=, shown=)`` after each block.
@@ -169,6 +173,7 @@ class RLM:
         *,
         child_model: str | LLM | Callable[..., object] | None = None,
         limits: Limits | None = None,
+        sampling: Sampling | None = None,
         on_step: Hook | None = None,
         on_output: Hook | None = None,
         on_start: Hook | None = None,
@@ -189,12 +194,20 @@ class RLM:
         cache: CallCache | str | os.PathLike | None = None,
         **limit_overrides: Any,
     ) -> None:
+        sampling_names = {f.name for f in dataclasses.fields(Sampling)}
+        sampling_overrides = {
+            k: limit_overrides.pop(k) for k in list(limit_overrides) if k in sampling_names
+        }
         try:
             self.limits = dataclasses.replace(limits or Limits(), **limit_overrides)
+            self.sampling = dataclasses.replace(sampling or Sampling(), **sampling_overrides)
         except TypeError:
             known = ", ".join(f.name for f in dataclasses.fields(Limits))
             unknown = ", ".join(sorted(set(limit_overrides) - set(known.split(", "))))
-            raise UsageError(f"unknown RLM option(s): {unknown}; limits are: {known}") from None
+            raise UsageError(
+                f"unknown RLM option(s): {unknown}; limits are: {known}; sampling: "
+                f"{', '.join(sorted(sampling_names))}"
+            ) from None
         except ValueError as e:
             raise UsageError(str(e)) from None
         try:
@@ -408,6 +421,9 @@ class _Tree:
         self.root = self._resolve(rlm.model)
         self.sub = self._resolve(rlm.sub_model)
         self.child = self._resolve(rlm.child_model) if rlm.child_model is not None else self.root
+        check_sampling(self.root, rlm.sampling.of("root"), role="root")
+        check_sampling(self.child, rlm.sampling.of("root"), role="child runs' root")
+        check_sampling(self.sub, rlm.sampling.of("sub"), role="sub")
 
     def _resolve(self, spec: Any) -> LLM:
         llm = self.wrap(resolve(spec))
@@ -469,6 +485,7 @@ class _Tree:
                 "question": spec.question,
                 "models": {"root": root.name, "sub": self.sub.name},
                 "limits": limits.to_dict(),
+                "sampling": self.rlm.sampling.to_dict(),
                 "system_prompt": system,
                 "context": context_meta,
                 "started": _now(),
@@ -503,6 +520,7 @@ class _Tree:
             on_late=recorder.update_subcalls,
             tools=self.tools if self.tools else None,
             wrap=self.wrap,
+            sampling=self.rlm.sampling.of("sub"),
         )
         loop = StepLoop(
             root=root,
@@ -515,6 +533,7 @@ class _Tree:
             hooks=spec.hooks,
             approve=spec.approve,
             answer_schema=spec.answer_schema,
+            sampling=self.rlm.sampling.of("root"),
         )
         status: Status = "error"
         stop_reason: str | None = None

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 __all__ = [
     "ERROR_TYPES",
     "INSTALLED_NAMES",
+    "Answer",
     "BridgeError",
     "BudgetExceeded",
     "ReplayMiss",
@@ -573,9 +574,41 @@ def _check_model(model: object, caller: str) -> None:
         raise TypeError(f"{caller}: model must be a str or None, not {type(model).__name__}")
 
 
+class Answer(str):
+    """A sub-model's answer: a ``str`` that also says why the model stopped.
+
+    ``stop_reason`` is the model API's own word (``end_turn``, ``stop``, ``max_tokens``,
+    ``length``, ...) or ``None`` when it was not recorded; ``truncated`` is true when the answer
+    was cut at the sub-model's output-token cap. Copies and pickles are plain ``str``.
+    """
+
+    stop_reason: str | None
+
+    def __new__(cls, text: str, stop_reason: str | None = None) -> Answer:
+        answer = super().__new__(cls, text)
+        answer.stop_reason = stop_reason
+        return answer
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the answer was cut at the output-token cap (it may end mid-sentence)."""
+        return self.stop_reason in _CUT_OFF
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (str, (str(self),))
+
+
+_CUT_OFF = frozenset({"max_tokens", "length"})  # Anthropic's and OpenAI's words for a cut reply
+
+
+def _answer(result: dict[str, Any]) -> Answer:
+    stop = result.get("stop_reason")
+    return Answer(str(result["ok"]), None if stop is None else str(stop))
+
+
 def _one_answer(result: dict[str, Any]) -> str:
     if "ok" in result:
-        return str(result["ok"])
+        return _answer(result)
     cls, message = _error_of(result.get("error"))
     raise cls(message)
 
@@ -587,7 +620,7 @@ def _batch_answers(results: list[dict[str, Any]], count: int) -> list[str]:
     budget = False
     for i, result in enumerate(results):
         if "ok" in result:
-            answers.append(str(result["ok"]))
+            answers.append(_answer(result))
             continue
         cls, message = _error_of(result.get("error"))
         answers.append(None)
@@ -642,7 +675,8 @@ def _build_functions(host: _Host, namespace: dict[str, Any]) -> dict[str, Callab
             model: a different sub-model by name; ``None`` uses the run's sub-model.
 
         Returns:
-            The sub-model's answer.
+            The sub-model's answer, a ``str`` with ``.truncated`` (true when it was cut at the
+            sub-model's output-token cap) and ``.stop_reason``.
 
         Raises:
             SubcallError: the sub-call failed after the host's retries.

@@ -17,11 +17,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .bridge import SubcallRequest, ToolRequest
+from .bridge import Reply, SubcallRequest, ToolRequest
 from .budget import Budget
 from .errors import BridgeError, BudgetExceeded, ModelRefused, ToolError
 from .hooks import run_hook
 from .llm import LLM, prompt_cache, resolve
+from .llm import complete as llm_complete
 from .record import ErrorRecord, ReplayBook, SubcallRecord, prompt_sha256
 from .tools import ToolBox, request_text
 from .types import Limits
@@ -55,6 +56,7 @@ class SubcallService:
             ``tool``, but no model calls: they spend no tokens and no sub-call budget).
         wrap: applied to each model resolved by name (``llm_query(model=...)``), e.g. a
             model-call cache's ``wrap``.
+        sampling: the keywords sent with each sub-model call (``temperature``, ``seed``).
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class SubcallService:
         on_late: Callable[[str, list[SubcallRecord]], Awaitable[None] | None] | None = None,
         tools: ToolBox | None = None,
         wrap: Callable[[LLM], LLM] | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> None:
         self.sub = sub
+        self.sampling = dict(sampling or {})
         self.budget = budget
         self.limits = limits
         self.children = children
@@ -261,7 +265,7 @@ class SubcallService:
                 self._book_refusal = failure.to_exception()
             raise failure.to_exception()
         assert call.response is not None
-        return call.response
+        return Reply(call.response, call.stop_reason)
 
     async def _ask(
         self, request: SubcallRequest, record: SubcallRecord, handoff: Path | None
@@ -277,20 +281,21 @@ class SubcallService:
             raise self.refused[llm.name]
         messages = [{"role": "user", "content": prompt}]
         shared = request.shared_prefix
+        hint = None
+        if shared and prompt_cache.worth_marking(request.batch, self.limits.max_concurrency):
+            # Only now may a provider mark the prompt for caching: later prompts of the batch
+            # re-read this prefix. A one-off prompt is never marked.
+            hint = prompt_cache.SHARED_PREFIX.set(shared)
         try:
-            if shared and prompt_cache.worth_marking(request.batch, self.limits.max_concurrency):
-                # Only now may a provider mark the prompt for caching: later prompts of the batch
-                # re-read this prefix. A one-off prompt is never marked.
-                hint = prompt_cache.SHARED_PREFIX.set(shared)
-                try:
-                    completion = await llm.complete(messages, max_tokens=self.limits.sub_max_tokens)
-                finally:
-                    prompt_cache.SHARED_PREFIX.reset(hint)
-            else:
-                completion = await llm.complete(messages, max_tokens=self.limits.sub_max_tokens)
+            completion = await llm_complete(
+                llm, messages, max_tokens=self.limits.sub_max_tokens, **self.sampling
+            )
         except ModelRefused as e:
             self.refused.setdefault(llm.name, e)
             raise
+        finally:
+            if hint is not None:
+                prompt_cache.SHARED_PREFIX.reset(hint)
         self.budget.charge("sub", completion)
         record.response = completion.text
         record.latency_s = round(completion.latency_s, 4)
@@ -299,7 +304,7 @@ class SubcallService:
         record.retries = completion.retries
         record.stop_reason = completion.stop_reason
         record.cached = completion.cached
-        return completion.text
+        return Reply(completion.text, completion.stop_reason)
 
     def _take_handoff(self, context: dict[str, str] | None) -> Path | None:
         if context is None:

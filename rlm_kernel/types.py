@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,15 +79,35 @@ Limits.__doc__ = (
 )
 
 
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
 @dataclass
 class Usage:
-    """Token counts, summed over calls."""
+    """Token counts, summed over calls.
+
+    ``unknown_calls`` counts the calls whose server reported no usage (llama.cpp's streams,
+    for one): their tokens are not in the sums, which then hold only what is known. In the
+    JSON form a usage made only of such calls has ``null`` token counts, never ``0``; a sum
+    with some unknown calls keeps its known counts and says how many calls are unknown.
+    """
 
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    unknown_calls: int = 0
+
+    @classmethod
+    def unknown(cls) -> Usage:
+        """The usage of one call whose server did not report it."""
+        return cls(calls=1, unknown_calls=1)
 
     def add(self, other: Usage) -> None:
         # Spelled out: this runs on every sub-call, where dataclasses.fields() costs.
@@ -95,9 +116,11 @@ class Usage:
         self.output_tokens += other.output_tokens
         self.cache_read_input_tokens += other.cache_read_input_tokens
         self.cache_creation_input_tokens += other.cache_creation_input_tokens
+        self.unknown_calls += other.unknown_calls
 
     @property
     def total_tokens(self) -> int:
+        """The tokens known: a lower bound when :attr:`unknown_calls` is not zero."""
         return (
             self.input_tokens
             + self.output_tokens
@@ -105,13 +128,99 @@ class Usage:
             + self.cache_creation_input_tokens
         )
 
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+    @property
+    def all_unknown(self) -> bool:
+        """Whether no call of this usage reported its tokens (and there was at least one)."""
+        return self.unknown_calls > 0 and self.unknown_calls >= self.calls
+
+    def to_dict(self) -> dict[str, int | None]:
+        """The JSON form: token counts ``null`` when unknown, ``unknown_calls`` when any."""
+        data: dict[str, int | None] = dataclasses.asdict(self)
+        if not self.unknown_calls:
+            del data["unknown_calls"]
+        elif self.all_unknown:
+            data.update(dict.fromkeys(_TOKEN_FIELDS))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Usage:
+        """Read :meth:`to_dict`'s form back (``null`` counts: calls whose usage is unknown)."""
+        data = data or {}
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: int(v) for k, v in (data or {}).items() if k in names})
+        values = {k: int(v) for k, v in data.items() if k in names and v is not None}
+        if "unknown_calls" not in values and any(
+            k in data and data[k] is None for k in _TOKEN_FIELDS
+        ):
+            values["unknown_calls"] = values.get("calls", 1)
+        return cls(**values)
+
+
+def tokens_text(usages: Iterable[Usage]) -> str:
+    """The tokens of ``usages`` for people: ``"1,234 tokens"``, ``"≥ 1,234 tokens"`` when some
+    calls did not report theirs, ``"tokens unknown"`` when none did."""
+    total = Usage()
+    for u in usages:
+        total.add(u)
+    if total.all_unknown:
+        return "tokens unknown"
+    prefix = "≥ " if total.unknown_calls else ""
+    return f"{prefix}{total.total_tokens:,} tokens"
+
+
+SAMPLING_KEYWORDS = ("temperature", "seed")
+
+
+def sampling(default: Any, help: str, *, metavar: str) -> Any:
+    """Declare one field of :class:`Sampling`: its default and the help text users read."""
+    return field(default=default, metadata={"help": help, "flag": None, "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the models sample, per role; ``None`` leaves it to the model's server.
+
+    Each field is one line, as in :class:`Limits`: the command line (``--temperature``,
+    ``--sub-seed``, ...) and the ``%%rlm`` magic derive their options from it
+    (``rlm_kernel.options``). Only the values set are sent, as keywords of
+    ``LLM.complete(messages, max_tokens=..., temperature=..., seed=...)``.
+    """
+
+    temperature: float | None = sampling(
+        None, "sampling temperature of the root model (0: most deterministic)", metavar="T"
+    )
+    seed: int | None = sampling(
+        None, "random seed of the root model, where its API takes one", metavar="N"
+    )
+    sub_temperature: float | None = sampling(
+        None, "sampling temperature of the sub-model", metavar="T"
+    )
+    sub_seed: int | None = sampling(
+        None, "random seed of the sub-model, where its API takes one", metavar="N"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "sub_temperature"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value <= 2
+            ):
+                raise ValueError(f"{name} must be a number from 0 to 2, not {value!r}")
+        for name in ("seed", "sub_seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer, not {value!r}")
+
+    def of(self, role: Literal["root", "sub"]) -> dict[str, Any]:
+        """The keywords to send to the ``role`` model: only the ones that are set."""
+        prefix = "" if role == "root" else "sub_"
+        values = {k: getattr(self, prefix + k) for k in SAMPLING_KEYWORDS}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The notebook's form: ``{"root": {...}, "sub": {...}}``, the keywords set per role."""
+        return {"root": self.of("root"), "sub": self.of("sub")}
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ entry point in the ``rlm_kernel.providers`` group (loaded on the first ``resolve
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 from importlib import import_module, metadata
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import UnknownProviderError, UsageError
 from ..types import Completion, Message
@@ -36,11 +37,18 @@ class LLM(Protocol):
     ``messages`` starts with an optional ``{"role": "system"}`` message followed by alternating
     ``user`` / ``assistant`` messages. ``name`` is recorded in the notebook, e.g.
     ``"anthropic:claude-sonnet-5-5"``.
+
+    The sampling keywords (``temperature: float``, ``seed: int``) are passed only when the user
+    set them, so a model that takes none of them needs no ``**sampling`` parameter; a wrapper
+    forwards ``**sampling`` unchanged. A model may declare ``sampling_keywords`` (the names it
+    takes) when its signature does not tell.
     """
 
     name: str
 
-    async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion: ...
+    async def complete(
+        self, messages: Sequence[Message], *, max_tokens: int, **sampling: Any
+    ) -> Completion: ...
 
 
 ProviderFactory = Callable[[str], LLM]
@@ -127,12 +135,85 @@ def resolve(spec: str | LLM | Callable[..., object]) -> LLM:
     raise UsageError(f"a model is a 'provider:model' string, an LLM or a callable, not {spec!r}")
 
 
+def accepted_sampling(llm: LLM) -> frozenset[str] | None:
+    """The sampling keywords ``llm.complete`` takes; ``None`` when it takes any keyword."""
+    declared = getattr(llm, "sampling_keywords", None)
+    if declared is not None:
+        return frozenset(declared)
+    try:
+        params = inspect.signature(llm.complete).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_sampling(llm: LLM, sampling: dict[str, Any], *, role: str) -> None:
+    """Make sure ``llm`` takes the sampling keywords the user set for it.
+
+    Raises:
+        UsageError: a keyword set for ``role`` is not one ``llm.complete`` takes.
+    """
+    accepted = accepted_sampling(llm)
+    refused = sorted(k for k in sampling if accepted is not None and k not in accepted)
+    if refused:
+        names = ", ".join(refused)
+        raise UsageError(
+            f"the {role} model {llm.name} takes no {names}: its complete() has no such keyword "
+            f"(accept them, or **sampling, to use {names}; or leave {names} unset for it)"
+        )
+
+
+async def complete(
+    llm: LLM, messages: Sequence[Message], *, max_tokens: int, **sampling: Any
+) -> Completion:
+    """Call ``llm.complete`` and check what comes back, whatever the model is.
+
+    The reply's text is made safe for JSON and the notebook: a lone surrogate (which some
+    servers send inside a broken multi-byte character) becomes U+FFFD.
+
+    Raises:
+        TypeError: ``complete`` returned something other than a :class:`Completion`.
+        ModelError: as raised by the model.
+    """
+    out = await llm.complete(messages, max_tokens=max_tokens, **sampling)
+    if not isinstance(out, Completion):
+        raise TypeError(
+            f"{type(llm).__name__}.complete() of model {getattr(llm, 'name', '?')!r} returned "
+            f"{type(out).__name__}, not a rlm_kernel.types.Completion: return "
+            "Completion(text=..., model=self.name) (or give RLM a plain function that returns "
+            "the text)"
+        )
+    if not isinstance(out.text, str):
+        raise TypeError(
+            f"{type(llm).__name__}.complete() returned a Completion whose text is "
+            f"{type(out.text).__name__}, not str"
+        )
+    text = clean_text(out.text)
+    return out if text is out.text else dataclasses.replace(out, text=text)
+
+
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD; ``text`` itself when it has none."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Through UTF-16 a valid surrogate pair joins up again and only lone halves are lost.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 __all__ = [
     "DEFAULT_ROOT_MODEL",
     "DEFAULT_SUB_MODEL",
     "LLM",
     "STREAM_ABOVE_TOKENS",
     "ProviderFactory",
+    "accepted_sampling",
+    "check_sampling",
+    "clean_text",
+    "complete",
     "providers",
     "register_provider",
     "resolve",

@@ -63,6 +63,7 @@ def model_error(
         base_url: the endpoint, named when the exception does not carry its request.
     """
     retries = retries_of(getattr(exc, "request", None)) if isinstance(exc, sdk.APIError) else 0
+    transient = False
     if isinstance(exc, sdk.APIStatusError):
         kind, detail = error_fields(exc.body)
         label = f"HTTP {exc.status_code}" + (f" {kind}" if kind else "")
@@ -71,9 +72,11 @@ def model_error(
         message = "the request timed out"
     elif isinstance(exc, sdk.APIConnectionError) or _transport_error(exc) is not None:
         message = _connection_message(exc, base_url)
+        transient = _lost_mid_reply(exc)
     elif isinstance(exc, ValueError):
         # json.JSONDecodeError from a body or a stream event, or a reply of the wrong shape.
         message = f"the server's reply is not valid ({type(exc).__name__}: {_first_line(exc)})"
+        transient = True
     elif isinstance(exc, sdk.APIError) or type(exc).__name__ in _SDK_BASE_ERRORS:
         message = f"the SDK failed: {_first_line(exc)}"
     else:
@@ -83,7 +86,7 @@ def model_error(
     # A server may quote the key it rejected; it must never reach logs or notebooks.
     status = exc.status_code if isinstance(exc, sdk.APIStatusError) else None
     cls = ModelRefused if status in ModelRefused.STATUSES else ModelError
-    return cls(name, scrub(message, secrets), retries=retries, status=status)
+    return cls(name, scrub(message, secrets), retries=retries, status=status, transient=transient)
 
 
 _SDK_BASE_ERRORS = frozenset({"AnthropicError", "OpenAIError"})
@@ -110,6 +113,12 @@ def _transport_error(exc: BaseException) -> BaseException | None:
         ):
             return link
     return None
+
+
+def _lost_mid_reply(exc: BaseException) -> bool:
+    """Whether a connection was made and then lost (not a server that could not be reached)."""
+    cause = _transport_error(exc)
+    return cause is not None and type(cause).__name__ not in _NOT_CONNECTED
 
 
 def _connection_message(exc: BaseException, base_url: object) -> str:
@@ -148,6 +157,7 @@ def no_reply(name: str, *, streamed: bool) -> ModelError:
         name,
         f"{what}: the prompt is probably larger than the server's context window "
         "(or the server failed while generating)",
+        transient=True,
     )
 
 
@@ -157,6 +167,7 @@ def no_stop_reason(name: str) -> ModelError:
         name,
         "the stream ended without a stop reason, so the reply may be incomplete: the server "
         "probably stopped generating (context window full, or it failed mid-reply)",
+        transient=True,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,11 @@ _CACHE_CONTROL = {"type": "ephemeral"}
 MIN_CACHEABLE_TOKENS = 1024
 MIN_CACHEABLE_TOKENS_HAIKU = 2048
 _OFFICIAL_HOST = "api.anthropic.com"
+_SAMPLING = frozenset({"temperature", "seed"})
+# Which of them this SDK's Messages.create declares (older SDKs have temperature).
+_SDK_SAMPLING = _SAMPLING & frozenset(
+    inspect.signature(anthropic.resources.AsyncMessages.create).parameters
+)
 
 
 class AnthropicLLM:
@@ -69,10 +75,24 @@ class AnthropicLLM:
         self._client = client
         # Published prices apply only to the official endpoint, not to proxies or look-alikes.
         self.official = client.base_url.host == _OFFICIAL_HOST
+        # The official API takes only what the SDK declares (it has no seed, and current SDKs
+        # no temperature either); a compatible server of one's own gets them in the body.
+        self.sampling_keywords = _SDK_SAMPLING if self.official else _SAMPLING
         pricing.user_prices()  # a broken prices file fails here, before any run starts
 
-    async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         """Send the conversation and return the reply with its usage, cost and retry count.
+
+        ``temperature`` and ``seed`` are sent when given: as the SDK's parameters where it has
+        them, else in the request body, which only servers other than the official one take
+        (see ``sampling_keywords``).
 
         Raises:
             ModelError: the call failed after the SDK's retries (HTTP error, timeout, no
@@ -80,6 +100,18 @@ class AnthropicLLM:
                 server sent no reply or a stream without its stop reason.
         """
         params = self._params(messages, max_tokens)
+        sampling = {
+            k: v for k, v in (("temperature", temperature), ("seed", seed)) if v is not None
+        }
+        refused = sorted(set(sampling) - self.sampling_keywords)
+        if refused:
+            raise UsageError(
+                f"{self.name}: the Anthropic API takes no {', '.join(refused)}; leave it unset"
+            )
+        body = {k: v for k, v in sampling.items() if k not in _SDK_SAMPLING}
+        params.update({k: v for k, v in sampling.items() if k in _SDK_SAMPLING})
+        if body:
+            params["extra_body"] = body
         streamed = wants_stream(self.stream, max_tokens) or max_tokens > _NONSTREAMING_MAX_TOKENS
         start = time.perf_counter()
         try:

@@ -79,8 +79,18 @@ class OpenAILLM:
         self._max_tokens_param = "max_completion_tokens" if self.official else "max_tokens"
         self._stream_usage: bool | None = None  # whether streamed replies carry usage
 
-    async def complete(self, messages: Sequence[Message], *, max_tokens: int) -> Completion:
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         """Send the conversation and return the reply with its usage, cost and retry count.
+
+        ``temperature`` and ``seed`` are sent when given. A reply whose server reports no
+        usage has :meth:`Usage.unknown <rlm_kernel.types.Usage.unknown>` usage and no cost.
 
         Raises:
             ModelError: the call failed after the SDK's retries (HTTP error, timeout, no
@@ -92,6 +102,10 @@ class OpenAILLM:
             "messages": [dict(m) for m in messages],
             self._max_tokens_param: max_tokens,
         }
+        if temperature is not None:
+            params["temperature"] = temperature
+        if seed is not None:
+            params["seed"] = seed
         # A server that sends no usage in streams (llama.cpp, for one) is asked without
         # streaming from then on, where it does report usage, unless streaming was asked for.
         streamed = wants_stream(self.stream, max_tokens) and (
@@ -185,7 +199,8 @@ def _make_client(*, max_retries: int, timeout: float) -> openai_types.AsyncOpenA
 
 def _usage(raw: Any) -> Usage:
     if raw is None:
-        return Usage(calls=1)
+        # Unknown, not zero: llama.cpp and others send no usage in streams.
+        return Usage.unknown()
     details = getattr(raw, "prompt_tokens_details", None)
     cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
     prompt = raw.prompt_tokens or 0

@@ -203,10 +203,11 @@ def cost(provider: str, model: str, usage: Usage, *, official: bool = True) -> f
 
     A model without a cache-write (or cache-read) price bills those tokens as input. When
     ``usage`` sums several calls, the long-context band is chosen by the mean prompt size per
-    call. ``official`` is as for :func:`price`.
+    call. ``official`` is as for :func:`price`. Usage with calls whose tokens the server did
+    not report has no known cost either.
     """
     entry = _lookup(provider, model, official)
-    if entry is None:
+    if entry is None or usage.unknown_calls:
         return None
     rates = entry
     band = entry.get("long_context")

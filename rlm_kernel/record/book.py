@@ -43,6 +43,7 @@ class RecordedCall:
         model: the model that answered.
         kind: ``llm`` or ``rlm``.
         child: a child run's notebook, relative to the run notebook.
+        stop_reason: why the model stopped (``max_tokens``: the answer was cut), if recorded.
     """
 
     step: int
@@ -54,6 +55,7 @@ class RecordedCall:
     model: str | None = None
     kind: str = "llm"
     child: str | None = None
+    stop_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.error is not None and not isinstance(self.error, ErrorRecord):
@@ -79,10 +81,15 @@ class RecordedCall:
         return None
 
     def result(self) -> dict[str, Any]:
-        """The call as a bridge result: ``{"ok": text}`` or ``{"error": record}``."""
+        """The call as a bridge result: ``{"ok": text, "stop_reason": ...}`` or ``{"error": ...}``.
+
+        The stop reason goes with the answer, so replayed code sees the same ``truncated``.
+        """
         failure = self.failure
         if failure is not None:
             return {"error": failure.to_metadata()}
+        if self.stop_reason is not None:
+            return {"ok": self.response, "stop_reason": self.stop_reason}
         return {"ok": self.response}
 
 
@@ -129,6 +136,7 @@ class ReplayBook:
                 model=sub.model,
                 kind=sub.kind,
                 child=sub.child,
+                stop_reason=sub.stop_reason,
             )
             for cell, sub in run.subcalls()
         )

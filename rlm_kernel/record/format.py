@@ -131,10 +131,13 @@ def _table_cell(text: str, limit: int = 80) -> str:
 
 def _tokens(usage: Any) -> str:
     u = Usage.from_dict(usage if isinstance(usage, dict) else None)
+    if u.all_unknown:
+        return f"unknown: the server reported none ({u.calls:,} calls)"
+    unknown = f", {u.unknown_calls:,} of them unknown" if u.unknown_calls else ""
     return (
         f"{u.input_tokens:,} in · {u.output_tokens:,} out · "
         f"{u.cache_read_input_tokens:,} cache read · {u.cache_creation_input_tokens:,} cache write "
-        f"({u.calls:,} call{'s' * (u.calls != 1)})"
+        f"({u.calls:,} call{'s' * (u.calls != 1)}{unknown})"
     )
 
 

@@ -16,7 +16,7 @@ from ..errors import NotebookFormatError
 from ..llm import pricing
 from ..record import RunNotebook, StepRecord, SubcallRecord, from_notebook, read
 from ..record.format import prose_without_markers
-from ..types import Usage
+from ..types import Usage, tokens_text
 
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif")
 PREVIEW_CHARS = 2_000  # of the context preview and the system prompt on the start page
@@ -57,6 +57,11 @@ def trajectory(run: RunNotebook | nbformat.NotebookNode) -> dict[str, Any]:
         "steps": meta.steps,
         "subcalls": meta.subcalls,
         "tokens": {"root": root_tokens, "sub": sub_tokens, "total": root_tokens + sub_tokens},
+        "tokens_text": {
+            "root": _count(tokens_text([meta.usage["root"]])),
+            "sub": _count(tokens_text([meta.usage["sub"]])),
+            "total": tokens_text(meta.usage.values()),
+        },
         "cost_usd": meta.cost_usd,
         "duration_s": meta.duration_s,
         "started": meta.started,
@@ -89,7 +94,9 @@ def trajectory(run: RunNotebook | nbformat.NotebookNode) -> dict[str, Any]:
 
 def _step(entry: StepRecord, root_model: str | None) -> dict[str, Any]:
     cost = entry.cost_usd
-    if cost is None and entry.has_reply:
+    # The recorded cost is the truth (None: unpriced, e.g. a local server under an official
+    # name); only a step recorded before costs were kept is priced from its tokens.
+    if cost is None and entry.has_reply and "cost_usd" not in entry.extra:
         cost = _root_cost(root_model, entry.usage)
     cached = bool(entry.extra.get("cached"))
     # A call the model-call cache answered keeps its original usage, but spent no tokens.
@@ -177,6 +184,11 @@ def _clean_base64(value: Any) -> str | None:
     except binascii.Error:
         return None
     return text
+
+
+def _count(text: str) -> str:
+    """``"1,234"``, ``"≥ 1,234"`` or ``"unknown"`` from :func:`tokens_text`'s words."""
+    return "unknown" if text == "tokens unknown" else text.removesuffix(" tokens")
 
 
 def _root_cost(model: str | None, usage: Usage) -> float | None:

@@ -35,7 +35,7 @@ def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
     width = max(width, MIN_WIDTH)
     s = data["summary"]
     status = f"{s['status']}" + (f" ({s['stop_reason']})" if s["stop_reason"] else "")
-    tokens = s["tokens"]
+    tokens = s["tokens_text"]
     duration = "—" if s["duration_s"] is None else f"{s['duration_s']:.1f} s"
     models = s["models"]
     lines = [
@@ -48,7 +48,7 @@ def summary_text(data: dict[str, Any], *, width: int = 100) -> str:
             [
                 count(s["steps"], "step"),
                 count(s["subcalls"], "sub-call"),
-                f"{tokens['total']:,} tokens (root {tokens['root']:,} · sub {tokens['sub']:,})",
+                f"{tokens['total']} (root {tokens['root']} · sub {tokens['sub']})",
                 cost_text(s["cost_usd"]),
                 duration,
                 *([f"{s['cache_hits']:,} cached"] if s.get("cache_hits") else []),
