@@ -91,16 +91,13 @@ def test_bench_writes_everything_and_a_second_invocation_costs_nothing(
         shutil.rmtree(out / "results")
         assert cli.main(argv) == 0
         again = json.loads(capsys.readouterr().out)
-        # The baselines' calls are all answered from the cache. The RLM's first step is too;
-        # its later steps are not while the step feedback states the seconds spent so far.
-        new = fake_model_server.requests[asked:]
-        assert all("Spent: step" in r.body["messages"][-1]["content"] for r in new)
+        # Every call is answered from the cache, the RLM's later steps too: the step feedback's
+        # running totals (seconds, dollars) are not part of the cache key.
+        assert len(fake_model_server.requests) == asked
         assert [r["score"] for r in again["rows"]] == [1.0] * 4
-        rows = {r["method"]: r for r in again["rows"]}
-        for method in ("direct", "summary", "retrieval"):
-            assert rows[method]["cost_mean"] == 0
-            assert rows[method]["cached_calls"] == rows[method]["calls"] > 0
-        assert rows["rlm"]["cached_calls"] >= 1
+        for row in again["rows"]:
+            assert row["cost_mean"] == 0, row["method"]
+            assert row["cached_calls"] == row["calls"] > 0, row["method"]
         direct = record.read(out / "runs" / "direct" / f"{inst.id}.ipynb")
         assert direct.steps[0].extra["cached"] is True
     finally:
