@@ -102,7 +102,7 @@ def test_unreported_usage_is_null_in_json_notebook_progress_and_view(
     argv = [*_run_args(text_file, tmp_path / "b.ipynb", "openai:root"), "--max-tokens", "100"]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert "step 1/30: 0 code blocks · tokens unknown" in err
+    assert "step 1/30: ran 0 code blocks, 0 sub-calls · total tokens unknown" in err
 
 
 # -- the stop reason reaches the code ----------------------------------------------------------
