@@ -22,6 +22,8 @@ LAYERS: list[tuple[str, set[str]]] = [
         "engine",
         {
             "kernel",
+            "kernel_process",
+            "exec_result",
             "here",
             "session",
             "gateway",
