@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import inspect
 import os
 import pathlib
-import queue
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +26,7 @@ from typing import Any
 from jupyter_client import AsyncKernelManager
 from jupyter_client.asynchronous import AsyncKernelClient
 
+from . import kernel_messages
 from .errors import KernelError, KernelStartError
 from .exec_result import ExecResult, execution_result
 from .kernel_process import (
@@ -49,11 +48,6 @@ from .outputs import OutputCollector, strip_ansi
 # kernel_process; they stay importable from here, where callers have always found them.
 __all__ = ["ENV_ALLOWLIST", "ExecResult", "KernelSession", "execution_result", "kernel_env"]
 
-_OUTPUT_MSG_TYPES = frozenset(
-    {"stream", "display_data", "execute_result", "error", "clear_output", "update_display_data"}
-)
-# How long to wait for a message before checking that the kernel process still lives.
-_LIVENESS_INTERVAL = 0.25
 # How long a kernel may take to exit after a shutdown request before it is killed. A clean exit
 # takes about 0.1 s, but ipykernel's control thread often deadlocks against the kernel's own
 # teardown (it flushes stdout into the already stopped IOPub thread) and the process then hangs
@@ -428,8 +422,15 @@ class KernelSession:
         msg_id = msg["header"]["msg_id"]
         self._busy = True
         try:
-            outcome, execution_count, reply = await self._collect(
-                kc, msg_id, collector, timeout, on_output
+            outcome, execution_count, reply = await kernel_messages.collect(
+                kc,
+                msg_id,
+                collector,
+                timeout,
+                on_output,
+                interrupt=self._interrupt,
+                exited=self._kernel_exited,
+                interrupt_grace=self.interrupt_grace,
             )
         except BaseException:
             # Cancelled or a hook failed: stop the abandoned cell so the kernel is free again.
@@ -456,88 +457,6 @@ class KernelSession:
             restarted=restart,
             died=died,
         )
-
-    async def _collect(
-        self,
-        kc: AsyncKernelClient,
-        msg_id: str,
-        collector: OutputCollector,
-        timeout: float | None,
-        on_output: Callable[[dict[str, Any]], Any] | None,
-    ) -> tuple[str, int | None, dict[str, Any] | None]:
-        """Read this request's iopub messages until idle, then its shell reply.
-
-        Returns ``(outcome, execution_count, reply content)`` where outcome is ``done``,
-        ``timeout`` (interrupted in time), ``hung`` (the interrupt did not take) or ``died``.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interrupted = False
-        execution_count: int | None = None
-        while True:
-            wait = _LIVENESS_INTERVAL
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
-            try:
-                msg = await kc.get_iopub_msg(timeout=wait)
-            except queue.Empty:
-                msg = None
-            if msg is not None and msg["parent_header"].get("msg_id") == msg_id:
-                msg_type = msg["header"]["msg_type"]
-                if msg_type == "status":
-                    if msg["content"]["execution_state"] == "idle":
-                        break
-                elif msg_type in _OUTPUT_MSG_TYPES:
-                    collector.add(msg)
-                    if on_output is not None:
-                        result = on_output(msg)
-                        if inspect.isawaitable(result):
-                            await result
-                elif msg_type == "execute_input":
-                    execution_count = msg["content"].get("execution_count")
-            if deadline is not None and time.monotonic() >= deadline:
-                if interrupted:
-                    return "hung", execution_count, None
-                await self._interrupt()
-                interrupted = True
-                deadline = time.monotonic() + self.interrupt_grace
-            elif msg is None and await self._kernel_exited():
-                await self._drain(kc, msg_id, collector, on_output)
-                return "died", execution_count, None
-
-        while True:
-            try:
-                reply = await kc.get_shell_msg(timeout=_LIVENESS_INTERVAL)
-            except queue.Empty:
-                if await self._kernel_exited():
-                    return "died", execution_count, None
-                continue
-            if reply["parent_header"].get("msg_id") == msg_id:
-                content = reply["content"]
-                count = content.get("execution_count", execution_count)
-                return ("timeout" if interrupted else "done"), count, content
-
-    async def _drain(
-        self,
-        kc: AsyncKernelClient,
-        msg_id: str,
-        collector: OutputCollector,
-        on_output: Callable[[dict[str, Any]], Any] | None,
-    ) -> None:
-        """Collect the output a dead kernel sent before it died."""
-        while True:
-            try:
-                msg = await kc.get_iopub_msg(timeout=0)
-            except queue.Empty:
-                return
-            if (
-                msg["parent_header"].get("msg_id") == msg_id
-                and msg["header"]["msg_type"] in _OUTPUT_MSG_TYPES
-            ):
-                collector.add(msg)
-                if on_output is not None:
-                    result = on_output(msg)
-                    if inspect.isawaitable(result):
-                        await result
 
     async def _interrupt(self) -> None:
         assert self._km is not None

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "kernel",
             "kernel_process",
+            "kernel_messages",
             "exec_result",
             "here",
             "session",
