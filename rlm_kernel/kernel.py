@@ -14,62 +14,40 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import ctypes
 import enum
-import functools
-import inspect
 import os
 import pathlib
-import queue
-import shutil
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from jupyter_client import AsyncKernelManager
 from jupyter_client.asynchronous import AsyncKernelClient
 
+from . import kernel_messages
 from .errors import KernelError, KernelStartError
+from .exec_result import ExecResult, execution_result
+from .kernel_process import (
+    ENV_ALLOWLIST,
+    Leftovers,
+    describe_exit,
+    has_children,
+    has_exited,
+    kernel_env,
+    kill_group,
+    protect_host_memory,
+    remove_leftovers,
+    track,
+    untrack,
+)
 from .outputs import OutputCollector, strip_ansi
 
-__all__ = ["ENV_ALLOWLIST", "ExecResult", "KernelSession", "kernel_env"]
+# ExecResult, execution_result, ENV_ALLOWLIST and kernel_env live in exec_result and
+# kernel_process; they stay importable from here, where callers have always found them.
+__all__ = ["ENV_ALLOWLIST", "ExecResult", "KernelSession", "execution_result", "kernel_env"]
 
-ENV_ALLOWLIST = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "SHELL",
-        "TERM",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TMPDIR",
-        "TMP",
-        "TEMP",
-        "PYTHONPATH",
-        "VIRTUAL_ENV",
-        "CONDA_PREFIX",
-        "CONDA_DEFAULT_ENV",
-        "SYSTEMROOT",
-        "PYTHONHASHSEED",
-        "IPYKERNEL_CELL_NAME",
-    }
-)
-"""Environment variables passed from the host to the kernel (plus every ``LC_*``)."""
-
-_OUTPUT_MSG_TYPES = frozenset(
-    {"stream", "display_data", "execute_result", "error", "clear_output", "update_display_data"}
-)
-# How long to wait for a message before checking that the kernel process still lives.
-_LIVENESS_INTERVAL = 0.25
 # How long a kernel may take to exit after a shutdown request before it is killed. A clean exit
 # takes about 0.1 s, but ipykernel's control thread often deadlocks against the kernel's own
 # teardown (it flushes stdout into the already stopped IOPub thread) and the process then hangs
@@ -80,215 +58,10 @@ _EXIT_POLL = 0.005
 _MAX_RUNTIME_DIR_LEN = 90
 
 
-_PR_SET_DUMPABLE = 4
-
-
-@functools.cache
-def protect_host_memory() -> bool:
-    """Stop processes of the same user, such as our kernels, from reading this process's memory.
-
-    The kernel's environment holds no secrets, but the host's does (API keys), and on Linux a
-    process of the same user can read ``/proc/<host pid>/environ`` and ``/mem``. Marking the host
-    non-dumpable (as ssh-agent does) makes those files unreadable to other processes of the user.
-    It cannot stop root, and it also disables core dumps of the host. Returns whether it applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def kernel_env(
-    extra_names: Iterable[str] = (), env: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The kernel's environment: allowlisted host variables, then ``env`` on top.
-
-    Only names in ``ENV_ALLOWLIST``, ``LC_*`` and ``extra_names`` are copied from the host,
-    so variables such as ``ANTHROPIC_API_KEY`` never reach the kernel unless named on purpose.
-    """
-    allowed = ENV_ALLOWLIST | set(extra_names)
-    result = {
-        name: value
-        for name, value in os.environ.items()
-        if name in allowed or name.startswith("LC_")
-    }
-    result.setdefault("PATH", os.defpath)
-    result.update(env or {})
-    return result
-
-
-@dataclass
-class ExecResult:
-    """What running one cell produced.
-
-    Attributes:
-        status: ``ok``; ``error`` (the code raised); ``timeout`` (interrupted after the
-            timeout); ``kernel_died`` (the process exited while running the cell).
-        outputs: nbformat outputs, capped at ``max_output_bytes``.
-        execution_count: the kernel's execution counter for this cell, if it got one.
-        duration_s: seconds from sending the code to the end of its output.
-        output_bytes: size of all output seen, including what the cap dropped.
-        error: ``(ename, evalue)`` when the status is not ``ok``.
-        restarted: the kernel was restarted after this cell (it died, or ignored the interrupt),
-            so variables other than those made by ``setup_code`` are gone.
-        user_expressions: the results of the ``user_expressions`` asked for, evaluated after
-            the cell in the same request (Jupyter's ``{status, data}`` per name).
-    """
-
-    status: Literal["ok", "error", "timeout", "kernel_died"]
-    outputs: list[Any] = field(default_factory=list)
-    execution_count: int | None = None
-    duration_s: float = 0.0
-    output_bytes: int = 0
-    error: tuple[str, str] | None = None
-    restarted: bool = False
-    user_expressions: dict[str, Any] = field(default_factory=dict)
-
-
-def execution_result(
-    outcome: str,
-    reply: Mapping[str, Any] | None,
-    *,
-    collector: OutputCollector,
-    execution_count: int | None,
-    duration_s: float,
-    timeout: float | None,
-    restarted: bool,
-    died: str = "the kernel died while running the cell",
-    replaced: str = "restarted",
-) -> ExecResult:
-    """The result of one execute request from how it ended, for every kind of session.
-
-    Args:
-        outcome: ``done`` (the reply came), ``timeout`` (interrupted, then it ended), ``hung``
-            (it ignored the interrupt) or ``died`` (the kernel process went away).
-        reply: the ``execute_reply`` content, if one came.
-        collector: the cell's outputs.
-        execution_count: the kernel's count for the cell.
-        duration_s: seconds the request took.
-        timeout: the cell's time limit.
-        restarted: the kernel was started again after this cell (its variables are gone).
-        died: what happened, for a dead kernel (e.g. the exit signal).
-        replaced: how the session words getting a new kernel (``restarted``, ``replaced``).
-    """
-    status: Literal["ok", "error", "timeout", "kernel_died"] = "ok"
-    error: tuple[str, str] | None = None
-    gone = f"; it was {replaced}, so its variables are gone" if restarted else ""
-    content = reply or {}
-    if outcome == "done":
-        if content.get("status") == "error":
-            status, error = "error", (content.get("ename", "Error"), content.get("evalue", ""))
-        elif content.get("status") == "aborted":
-            status, error = "error", ("Aborted", "the kernel aborted this execution")
-    elif outcome == "died":
-        status, error = "kernel_died", ("DeadKernelError", f"{died}{gone}")
-    else:
-        status = "timeout"
-        message = f"the cell did not finish within {timeout:g} s and was interrupted"
-        if outcome == "hung":
-            message += "; the kernel did not respond to the interrupt" + gone.replace(
-                "; it was", " and was"
-            )
-        error = ("TimeoutError", message)
-    return ExecResult(
-        status=status,
-        outputs=collector.outputs,
-        execution_count=execution_count,
-        duration_s=duration_s,
-        output_bytes=collector.total_bytes,
-        error=error,
-        restarted=restarted,
-        user_expressions=dict(content.get("user_expressions") or {}),
-    )
-
-
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     CLOSED = "closed"
-
-
-@dataclass(eq=False)
-class _Leftovers:
-    """What the atexit safety net must remove if a session was never shut down."""
-
-    runtime_dir: pathlib.Path
-    pgid: int | None = None
-
-
-_live_sessions: set[_Leftovers] = set()
-_atexit_registered = False
-
-
-def _kill_group(pgid: int | None) -> None:
-    """SIGKILL a kernel's process group: the kernel and every process its code started."""
-    if not pgid or pgid <= 1 or not hasattr(os, "killpg") or pgid == os.getpgrp():
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _track(leftovers: _Leftovers) -> None:
-    """Remember a session's process group and directory until it is shut down."""
-    global _atexit_registered
-    if not _atexit_registered:
-        atexit.register(_cleanup_at_exit)
-        _atexit_registered = True
-    _live_sessions.add(leftovers)
-
-
-def _remove_leftovers(leftovers: _Leftovers) -> None:
-    _kill_group(leftovers.pgid)
-    shutil.rmtree(leftovers.runtime_dir, ignore_errors=True)
-
-
-def _cleanup_at_exit() -> None:
-    for leftovers in list(_live_sessions):
-        _remove_leftovers(leftovers)
-    _live_sessions.clear()
-
-
-def _has_exited(process: Any) -> bool:
-    """Whether a child process has exited, without reaping it.
-
-    While the exited kernel stays unreaped its PID, and so its process-group ID, cannot be
-    reused; that makes it safe to kill the group afterwards.
-    """
-    if process.returncode is not None:
-        return True
-    if not hasattr(os, "waitid"):
-        return process.poll() is not None
-    try:
-        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return info is not None
-
-
-def _has_children(pid: int) -> bool | None:
-    """Whether a process has child processes (Linux ``/proc``); ``None`` when unknown."""
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-        return any(
-            pathlib.Path(f"/proc/{pid}/task/{tid}/children").read_text().strip() for tid in threads
-        )
-    except OSError:
-        return None
-
-
-def _describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "the kernel process ended"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"the kernel process was killed by {name}"
-    return f"the kernel process exited with code {returncode}"
 
 
 class KernelSession:
@@ -342,8 +115,8 @@ class KernelSession:
         if len(base) > _MAX_RUNTIME_DIR_LEN - 12 and os.path.isdir("/tmp"):
             base = "/tmp"  # a long TMPDIR (macOS) would overflow the Unix socket path limit
         self.runtime_dir = pathlib.Path(tempfile.mkdtemp(prefix="rlm-", dir=base))
-        self._leftovers = _Leftovers(self.runtime_dir)
-        _track(self._leftovers)
+        self._leftovers = Leftovers(self.runtime_dir)
+        track(self._leftovers)
         self.cwd = pathlib.Path(cwd) if cwd is not None else self.runtime_dir / "work"
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -502,8 +275,8 @@ class KernelSession:
             await self._stop_kernel(graceful=not self._busy)
         finally:
             # Whatever happened above (even cancellation), no process or file survives.
-            _remove_leftovers(self._leftovers)
-            _live_sessions.discard(self._leftovers)
+            remove_leftovers(self._leftovers)
+            untrack(self._leftovers)
 
     async def _stop_kernel(self, *, graceful: bool) -> None:
         """Stop the kernel process and its process group, and release sockets and files."""
@@ -522,32 +295,32 @@ class KernelSession:
                 # ipykernel's own shutdown terminates the kernel's children and then waits for
                 # them for many seconds if they are not reaped; killing the group is quicker.
                 polite = graceful and self.shutdown_grace > 0
-                if polite and not _has_exited(process) and not _has_children(process.pid):
+                if polite and not has_exited(process) and not has_children(process.pid):
                     await km.request_shutdown()
                     await self._wait_exit(process, self.shutdown_grace)
                 # An exited kernel stays unreaped until provisioner.wait(), so its group ID
                 # cannot have been reused: killing the group is safe and takes the kernel's
                 # children with it.
                 if pgid is not None:
-                    _kill_group(pgid)
-                elif not _has_exited(process):
+                    kill_group(pgid)
+                elif not has_exited(process):
                     process.kill()
                 await self._wait_exit(process, _SHUTDOWN_GRACE)
-                if km.has_kernel and _has_exited(process):
+                if km.has_kernel and has_exited(process):
                     await km.provisioner.wait()
             elif km.has_kernel:
                 await km.shutdown_kernel(now=not graceful)
             stopped = True
         finally:
             if not stopped:  # cancelled or failed half-way: make sure nothing survives
-                _kill_group(pgid)
+                kill_group(pgid)
             self._leftovers.pgid = None
             await km.cleanup_resources(restart=False)
 
     @staticmethod
     async def _wait_exit(process: Any, limit: float) -> None:
         deadline = time.monotonic() + limit
-        while not _has_exited(process) and time.monotonic() < deadline:
+        while not has_exited(process) and time.monotonic() < deadline:
             await asyncio.sleep(_EXIT_POLL)
 
     # -- execution -------------------------------------------------------------------------
@@ -649,8 +422,15 @@ class KernelSession:
         msg_id = msg["header"]["msg_id"]
         self._busy = True
         try:
-            outcome, execution_count, reply = await self._collect(
-                kc, msg_id, collector, timeout, on_output
+            outcome, execution_count, reply = await kernel_messages.collect(
+                kc,
+                msg_id,
+                collector,
+                timeout,
+                on_output,
+                interrupt=self._interrupt,
+                exited=self._kernel_exited,
+                interrupt_grace=self.interrupt_grace,
             )
         except BaseException:
             # Cancelled or a hook failed: stop the abandoned cell so the kernel is free again.
@@ -664,7 +444,7 @@ class KernelSession:
         restart = outcome in ("hung", "died") and recover
         died = ""
         if outcome == "died":
-            died = f"{_describe_exit(await self._reap_dead_kernel())} while running the cell"
+            died = f"{describe_exit(await self._reap_dead_kernel())} while running the cell"
         if restart:
             await self._relaunch(graceful=False)
         return execution_result(
@@ -678,88 +458,6 @@ class KernelSession:
             died=died,
         )
 
-    async def _collect(
-        self,
-        kc: AsyncKernelClient,
-        msg_id: str,
-        collector: OutputCollector,
-        timeout: float | None,
-        on_output: Callable[[dict[str, Any]], Any] | None,
-    ) -> tuple[str, int | None, dict[str, Any] | None]:
-        """Read this request's iopub messages until idle, then its shell reply.
-
-        Returns ``(outcome, execution_count, reply content)`` where outcome is ``done``,
-        ``timeout`` (interrupted in time), ``hung`` (the interrupt did not take) or ``died``.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interrupted = False
-        execution_count: int | None = None
-        while True:
-            wait = _LIVENESS_INTERVAL
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
-            try:
-                msg = await kc.get_iopub_msg(timeout=wait)
-            except queue.Empty:
-                msg = None
-            if msg is not None and msg["parent_header"].get("msg_id") == msg_id:
-                msg_type = msg["header"]["msg_type"]
-                if msg_type == "status":
-                    if msg["content"]["execution_state"] == "idle":
-                        break
-                elif msg_type in _OUTPUT_MSG_TYPES:
-                    collector.add(msg)
-                    if on_output is not None:
-                        result = on_output(msg)
-                        if inspect.isawaitable(result):
-                            await result
-                elif msg_type == "execute_input":
-                    execution_count = msg["content"].get("execution_count")
-            if deadline is not None and time.monotonic() >= deadline:
-                if interrupted:
-                    return "hung", execution_count, None
-                await self._interrupt()
-                interrupted = True
-                deadline = time.monotonic() + self.interrupt_grace
-            elif msg is None and await self._kernel_exited():
-                await self._drain(kc, msg_id, collector, on_output)
-                return "died", execution_count, None
-
-        while True:
-            try:
-                reply = await kc.get_shell_msg(timeout=_LIVENESS_INTERVAL)
-            except queue.Empty:
-                if await self._kernel_exited():
-                    return "died", execution_count, None
-                continue
-            if reply["parent_header"].get("msg_id") == msg_id:
-                content = reply["content"]
-                count = content.get("execution_count", execution_count)
-                return ("timeout" if interrupted else "done"), count, content
-
-    async def _drain(
-        self,
-        kc: AsyncKernelClient,
-        msg_id: str,
-        collector: OutputCollector,
-        on_output: Callable[[dict[str, Any]], Any] | None,
-    ) -> None:
-        """Collect the output a dead kernel sent before it died."""
-        while True:
-            try:
-                msg = await kc.get_iopub_msg(timeout=0)
-            except queue.Empty:
-                return
-            if (
-                msg["parent_header"].get("msg_id") == msg_id
-                and msg["header"]["msg_type"] in _OUTPUT_MSG_TYPES
-            ):
-                collector.add(msg)
-                if on_output is not None:
-                    result = on_output(msg)
-                    if inspect.isawaitable(result):
-                        await result
-
     async def _interrupt(self) -> None:
         assert self._km is not None
         with contextlib.suppress(RuntimeError, OSError):
@@ -772,13 +470,13 @@ class KernelSession:
         process = getattr(km.provisioner, "process", None)
         if process is None:
             return not await km.is_alive()
-        return _has_exited(process)
+        return has_exited(process)
 
     async def _reap_dead_kernel(self) -> int | None:
         """Kill what the dead kernel left in its group and return its exit status."""
         km = self._km
         process = getattr(km.provisioner, "process", None) if km is not None else None
-        _kill_group(self._leftovers.pgid)
+        kill_group(self._leftovers.pgid)
         if process is None:
             return None
         self._leftovers.pgid = None

@@ -22,6 +22,9 @@ LAYERS: list[tuple[str, set[str]]] = [
         "engine",
         {
             "kernel",
+            "kernel_process",
+            "kernel_messages",
+            "exec_result",
             "here",
             "session",
             "gateway",
