@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "__init__",
             "__main__",
             "cli",
+            "cli_parser",
             "options",
             "mcp",
             "dspy",

@@ -2,8 +2,10 @@
 
 - :mod:`.format`: tags, cell ids, the markdown conventions, the setup cell, the prompt digest;
 - :mod:`.records`: typed records of the run, a step, a code cell, a sub-call and an error;
-- :mod:`.writer`: the step-by-step :class:`Recorder`, :func:`write_notebook` and
-  :func:`relocate` (one atomic, validated way to write a notebook);
+- :mod:`.writer`: the step-by-step :class:`Recorder` and :func:`write_notebook` (one atomic,
+  validated way to write a notebook);
+- :mod:`.meta`: what a new run's ``metadata.rlm`` starts as (defaults, versions, timestamps);
+- :mod:`.paths`: the paths a notebook holds relative to itself, :func:`relocate` for a copy;
 - :mod:`.reader`: :func:`load` / :func:`read` (a :class:`RunNotebook` of records);
 - :mod:`.book`: replay's recorded-answer book.
 
@@ -29,6 +31,7 @@ from .format import (
     prompt_sha256,
     setup_source,
 )
+from .paths import rebase, relocate
 from .reader import RunNotebook, from_notebook, load, read
 from .records import (
     ChildSummary,
@@ -41,7 +44,7 @@ from .records import (
     SubcallRecord,
     code_cell_id,
 )
-from .writer import Recorder, rebase, relocate, write_notebook
+from .writer import Recorder, write_notebook
 
 __all__ = [
     "ANSWER_TAG",

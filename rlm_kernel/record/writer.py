@@ -11,19 +11,14 @@ only re-serializes the summary cell and the notebook metadata, then joins the ca
 result is byte for byte what ``nbformat.write`` would produce for the same notebook.
 
 Whole notebooks (replayed copies, bundles, moved runs) go through :func:`write_notebook`, which
-validates and writes atomically too, after :func:`relocate` has rewritten the paths a notebook
-holds relative to itself.
+validates and writes atomically too, after :func:`~.paths.relocate` has rewritten the paths a
+notebook holds relative to itself. What a new run's ``metadata.rlm`` starts as is :mod:`.meta`.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import copy
-import dataclasses
-import datetime as dt
-import functools
-import importlib.metadata
 import itertools
 import json
 import os
@@ -40,6 +35,8 @@ from nbformat.v4.rwbase import split_lines
 from ..errors import NotebookFormatError, OutputPathError
 from ..types import Usage
 from . import format as fmt
+from .meta import default_meta, duration, fill_defaults, now, to_plain
+from .paths import rebase, relocate
 from .records import SubcallRecord
 
 __all__ = ["Recorder", "rebase", "relocate", "write_notebook"]
@@ -47,14 +44,6 @@ __all__ = ["Recorder", "rebase", "relocate", "write_notebook"]
 _KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 # Keys nbformat drops from the notebook metadata when writing.
 _TRANSIENT_METADATA = ("orig_nbformat", "orig_nbformat_minor", "signature")
-_VERSIONED = (
-    ("rlm_kernel", "rlm-kernel"),
-    ("ipykernel", "ipykernel"),
-    ("jupyter_client", "jupyter_client"),
-    ("nbformat", "nbformat"),
-    ("anthropic", "anthropic"),
-    ("openai", "openai"),
-)
 
 
 class Recorder:
@@ -83,8 +72,8 @@ class Recorder:
         """
         self.path = pathlib.Path(path)
         meta = copy.deepcopy(dict(meta))
-        _to_plain(meta)
-        _fill_defaults(meta, _default_meta())
+        to_plain(meta)
+        fill_defaults(meta, default_meta())
         meta["format"] = fmt.FORMAT
         self.meta: dict[str, Any] = nbformat.from_dict(meta)
 
@@ -284,14 +273,14 @@ class Recorder:
             raise ValueError(
                 f"status must be one of {', '.join(fmt.FINAL_STATUSES)}, not {status!r}"
             )
-        finished = _now()
+        finished = now()
         self.meta.update(
             status=status,
             stop_reason=stop_reason,
             answer=answer,
             error=error,
             finished=finished,
-            duration_s=_duration(self.meta.get("started"), finished),
+            duration_s=duration(self.meta.get("started"), finished),
         )
         cell = self._new_cell(
             "markdown",
@@ -313,7 +302,7 @@ class Recorder:
         # Copy first: the cell must not share containers with the caller, whose later changes
         # would otherwise go unseen by the cached JSON.
         fields = {k: nbformat.from_dict(v) for k, v in fields.items()}
-        _to_plain(fields)
+        to_plain(fields)
         cell = nbformat.NotebookNode(cell_type=cell_type, id=cell_id, metadata={}, source="")
         if cell_type == "code":
             cell.update(outputs=[], execution_count=None)
@@ -363,7 +352,7 @@ class Recorder:
         if not isinstance(self.meta, nbformat.NotebookNode):
             self.meta = nbformat.from_dict(self.meta)
         self.meta["format"] = fmt.FORMAT
-        _to_plain(self.meta)
+        to_plain(self.meta)
         self.nb.metadata["rlm"] = self.meta
         summary = self.nb.cells[0]
         head = fmt.summary_head(self.meta, has_steps=bool(self._row_steps))
@@ -426,74 +415,11 @@ def write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str]) -> p
     return path
 
 
-def relocate(
-    nb: nbformat.NotebookNode,
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
-    *,
-    context_path: str | None = None,
-    outputs: Mapping[str, tuple[list[Any], int | None]] | None = None,
-) -> nbformat.NotebookNode:
-    """A copy of the run notebook read from ``source``, with its links valid at ``target``.
-
-    The paths a run notebook holds are relative to the notebook itself: its context file, its
-    parent run, its child runs (on their sub-call records and in the summary's tree). Each is
-    rewritten to point at the same file from the new place, and the setup cell names the new
-    file. Paths that do not resolve against ``source`` are left as they are.
-
-    Args:
-        nb: the notebook as read from ``source``.
-        source: where it was read.
-        target: where the copy goes.
-        context_path: the copy's context file, relative to ``target``, when it moves too.
-        outputs: new ``(outputs, execution_count)`` by cell id (a replayed copy).
-    """
-    target = pathlib.Path(target)
-    copy_nb = copy.deepcopy(nb)
-
-    def move(rel: Any) -> Any:
-        return rebase(rel, source, target)
-
-    meta = copy_nb.metadata.rlm
-    ctx = meta.get("context") or {}
-    if context_path is not None:
-        ctx["path"] = context_path
-    elif ctx.get("path"):
-        ctx["path"] = move(ctx["path"])
-    parent = meta.get("parent")
-    if isinstance(parent, dict) and parent.get("notebook"):
-        parent["notebook"] = move(parent["notebook"])
-    for child in meta.get("children") or []:
-        child["notebook"] = move(child.get("notebook"))
-    for cell in copy_nb.cells:
-        rlm = cell.get("metadata", {}).get("rlm") or {}
-        for sub in rlm.get("subcalls") or []:
-            if sub.get("child"):
-                sub["child"] = move(sub["child"])
-        if fmt.SETUP_TAG in cell.get("metadata", {}).get("tags", []):
-            cell.source = fmt.setup_source(target.name, previous=cell.source)
-        if outputs is not None and cell.get("id") in outputs:
-            cell.outputs, cell.execution_count = outputs[cell.id]
-    return copy_nb
-
-
-def rebase(rel: Any, source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Any:
-    """A path relative to notebook ``source``, made relative to notebook ``target``.
-
-    Anything that is not a relative path (``None``, an absolute path) is returned as it is.
-    """
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
-        return rel
-    src_dir = pathlib.Path(source).resolve().parent
-    dst_dir = pathlib.Path(target).resolve().parent
-    return pathlib.Path(os.path.relpath(src_dir / rel, dst_dir)).as_posix()
-
-
 def _plain_record(record: Mapping[str, Any] | SubcallRecord) -> dict[str, Any]:
     if isinstance(record, SubcallRecord):
         return record.to_metadata()
     data = dict(record)
-    _to_plain(data)
+    to_plain(data)
     return data
 
 
@@ -561,92 +487,6 @@ def _atomic_write(path: pathlib.Path, pieces: Iterable[bytes]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# -- metadata ------------------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _duration(started: Any, finished: str) -> float | None:
-    try:
-        start = dt.datetime.fromisoformat(str(started))
-    except ValueError:
-        return None
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=dt.timezone.utc)
-    return round((dt.datetime.fromisoformat(finished) - start).total_seconds(), 3)
-
-
-@functools.cache
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for key, dist in _VERSIONED:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[key] = importlib.metadata.version(dist)
-    return versions
-
-
-def _default_meta() -> dict[str, Any]:
-    return {
-        "format": fmt.FORMAT,
-        "run_id": uuid.uuid4().hex,
-        "status": "running",
-        "stop_reason": None,
-        "question": "",
-        "answer": None,
-        "models": {"root": None, "sub": None},
-        "limits": {},
-        "system_prompt": None,
-        "context": {
-            "type": None,
-            "chars": None,
-            "bytes": None,
-            "sha256": None,
-            "path": None,
-            "preview": None,
-        },
-        "usage": {"root": Usage().to_dict(), "sub": Usage().to_dict()},
-        "cost_usd": 0.0,
-        "steps": 0,
-        "subcalls": 0,
-        "started": _now(),
-        "finished": None,
-        "duration_s": None,
-        "versions": dict(_versions()),
-        "parent": None,
-        "error": None,
-        "depth": 1,
-        "children": [],
-    }
-
-
-def _fill_defaults(target: dict[str, Any], defaults: Mapping[str, Any]) -> None:
-    for key, value in defaults.items():
-        if key not in target:
-            target[key] = value
-        elif isinstance(value, dict) and isinstance(target[key], dict):
-            _fill_defaults(target[key], value)
-
-
-def _to_plain(value: Any) -> None:
-    """Turn dataclasses (Usage, Limits, SubcallRecord, ...) and tuples into JSON types, in place."""
-    items: Any
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return
-    for key, item in list(items):
-        if dataclasses.is_dataclass(item) and not isinstance(item, type):
-            to_dict = getattr(item, "to_dict", None)
-            value[key] = item = to_dict() if callable(to_dict) else dataclasses.asdict(item)
-        elif isinstance(item, tuple):
-            value[key] = item = list(item)
-        _to_plain(item)
 
 
 def _reason(error: Exception) -> str:
