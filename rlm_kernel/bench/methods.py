@@ -38,7 +38,7 @@ class Outcome:
         unpriced_calls: calls of models without a known price.
         input_tokens: prompt tokens of every call (cache reads included).
         output_tokens: reply tokens of every call.
-        calls: model calls made, root and sub.
+        calls: model calls made, root and sub, whether the API or the cache answered them.
         cached_calls: calls answered by the model-call cache.
         duration_s: wall time.
         error: what went wrong, for failed runs.
@@ -132,7 +132,8 @@ def _rlm_outcome(result: RunResult) -> Outcome:
             for u in usages
         ),
         output_tokens=sum(u.output_tokens for u in usages),
-        calls=sum(u.calls for u in usages),
+        # The run's usage counts the calls the API answered; the cache's are counted apart.
+        calls=sum(u.calls for u in usages) + result.cache_hits,
         cached_calls=result.cache_hits,
         duration_s=result.duration_s,
         error=result.error,

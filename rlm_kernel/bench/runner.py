@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import prompts
 from ..errors import RLMKernelError, UsageError
 from ..llm import LLM, resolve
 from ..llm.cache import CallCache
@@ -114,7 +115,9 @@ def _finished(path: Path) -> bool:
 
 def _wrap_cache(llms: list[LLM], out: Path) -> tuple[list[LLM], CallCache]:
     cache = CallCache.default_for(out)
-    return [cache.wrap(llm) for llm in llms], cache
+    # As in a run with a cache: an RLM's step feedback states its spending so far, which a run
+    # made again never repeats exactly, so those lines are no part of the key.
+    return [cache.wrap(llm, normalize=prompts.cache_view) for llm in llms], cache
 
 
 def _deadline(limits: Limits) -> float:
