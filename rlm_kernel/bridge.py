@@ -5,67 +5,7 @@ persistent connection to a :class:`BridgeServer` in the host process, which hand
 a :class:`SubcallHandler` and sends the answers back. The server knows nothing of notebooks or
 models: the handler does the work and enforces the budgets.
 
-Wire protocol
--------------
-
-One connection per kernel, over a Unix socket (the default) or TCP on 127.0.0.1 (for kernels on
-another machine, reached through a tunnel). Every message in either direction is one *frame*: a
-4-byte big-endian unsigned length followed by that many bytes of UTF-8 JSON holding an object.
-
-1. The kernel's first frame authenticates::
-
-       → {"op": "hello", "token": "<the server's token>"}
-       ← {"op": "hello", "ok": true}
-
-   A wrong token (or any other first frame) gets an ``AuthError`` record and the server closes
-   the connection. Frames before authentication are limited to 64 KiB, and a connection that
-   has not authenticated within ``handshake_timeout`` seconds is closed.
-
-2. After that each request carries an integer ``"id"`` chosen by the kernel, and its response
-   echoes it. Responses may arrive in any order, so several requests can be in flight on one
-   connection (several threads in the kernel may share it).
-
-   Sub-calls, ``kind`` ``"llm"`` or ``"rlm"`` (``rlm_query``: child runs), each naming the cell
-   that made it (``"cell"``, the id the host put on the execute request, or ``null``)::
-
-       → {"id": 7, "op": "subcall", "kind": "llm", "prompts": ["...", ...], "model": null,
-          "cell": "step-3-code-1"}
-       ← {"id": 7, "results": [{"ok": "answer", "stop_reason": "end_turn"},
-                               {"error": {"type": "SubcallError", "message": "...",
-                                          "retries": 2}},
-                               {"error": {"type": "BudgetExceeded", "message": "...",
-                                          "retries": 0}},
-                               ...]}
-
-   A ``"rlm"`` request may carry ``"contexts"``: one entry per prompt, ``null`` or
-   ``{"path": ..., "kind": "text" | "json"}``, a file the kernel wrote in the run's hand-off
-   folder, which the host then owns.
-
-   ``stop_reason`` (optional) is why the model stopped, as its API says it (``max_tokens`` or
-   ``length``: the answer was cut at the token cap).
-
-   Results are in prompt order. The prompts of a request run concurrently, and at most
-   ``max_concurrency`` sub-calls run at once across all connections of the server. An error is
-   always a record ``{type, message, retries}``: ``type`` names the exception the kernel's
-   code raises (``rlm_kernel.errors.WIRE_TYPES``).
-
-   A host tool (``RLM(tools=...)``), by name, with JSON arguments; the answer is the JSON
-   text of its result (a failure is a ``ToolError`` record whose ``cause`` names the class of
-   the tool's exception). Tool calls do not take sub-call slots; the handler bounds them::
-
-       → {"id": 9, "op": "tool", "name": "search", "args": ["q"], "kwargs": {"k": 3},
-          "cell": "step-3-code-1"}
-       ← {"id": 9, "ok": "[\"result\", 2]"}
-       ← {"id": 9, "error": {"type": "ToolError", "message": "...", "retries": 0,
-                             "cause": "ValueError"}}
-
-   The final answer, ``via`` ``"FINAL"``, ``"FINAL_VAR"`` or ``"answer"``::
-
-       → {"id": 8, "op": "final", "value": "42", "via": "FINAL", "cell": "step-3-code-1"}
-       ← {"id": 8, "ok": true}
-
-   A request the server cannot serve (unknown op, malformed fields, a failing ``final``) gets
-   ``{"id": ..., "error": {"type": "ProtocolError" | ..., "message": "...", "retries": 0}}``.
+The messages on the socket, and how each is answered, are in :mod:`rlm_kernel.bridge_wire`.
 
 When a connection closes (say the kernel was interrupted in the middle of a call and dropped it),
 the sub-calls still running for it are cancelled.
@@ -89,20 +29,28 @@ import dataclasses
 import hmac
 import json
 import os
-import re
 import secrets
 import stat
-import struct
 import sys
 import tempfile
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .bridge_wire import (
+    HEADER,
+    ID_PREFIX,
+    MAX_HELLO_BYTES,
+    Reply,
+    SubcallRequest,
+    ToolRequest,
+    check_request,
+    encode,
+    error_reply,
+    protocol_error,
+)
 from .errors import BridgeError
 from .llm import prompt_cache
-from .record import ErrorRecord
 
 __all__ = [
     "BridgeServer",
@@ -113,61 +61,15 @@ __all__ = [
     "socket_dir",
 ]
 
-_HEADER = struct.Struct(">I")
-_MAX_HELLO_BYTES = 64 * 1024
 _READ_SIZE = 64 * 1024
 _KEEP_BUFFER = 1024 * 1024
 # A frame announced up to this size gets its whole buffer at once (received without copies);
 # above it the buffer doubles as bytes arrive, so a header alone cannot make the host allocate.
 _PREALLOCATE_BYTES = 8 * 1024 * 1024
-_ID_PREFIX = re.compile(rb'^\{\s*"id"\s*:\s*(-?\d{1,18})\s*[,}]')
 # Unix socket paths hold at most 107 bytes on Linux and 103 on macOS (sun_path, with its NUL).
 MAX_UNIX_PATH = 103 if sys.platform == "darwin" else 107
-_KINDS = ("llm", "rlm")
 _EAGER_TASKS = sys.version_info >= (3, 12)
-_VIAS = ("FINAL", "FINAL_VAR", "answer")
 _CLOSE_GRACE = 30.0
-
-
-@dataclass(frozen=True)
-class SubcallRequest:
-    """One prompt of a ``subcall`` request, as the handler gets it.
-
-    Attributes:
-        prompt: the prompt.
-        kind: ``llm`` or ``rlm``.
-        model: the model asked for, or ``None`` for the run's sub-model.
-        cell: the id of the cell that made the call, as the kernel sent it.
-        context: for ``rlm``, the hand-off file ``{"path", "kind"}`` of the child's context.
-        batch: how many prompts came in the same request (``llm_query_batched``).
-        shared_prefix: characters at the start of the prompt that every prompt of the batch
-            shares (see :func:`rlm_kernel.llm.prompt_cache.shared_prefix`).
-    """
-
-    prompt: str
-    kind: str = "llm"
-    model: str | None = None
-    cell: str | None = None
-    context: dict[str, str] | None = None
-    batch: int = 1
-    shared_prefix: int = 0
-
-
-@dataclass(frozen=True)
-class ToolRequest:
-    """One ``tool`` request: a host tool by name, with its JSON arguments.
-
-    Attributes:
-        name: the tool's name.
-        args: positional arguments.
-        kwargs: keyword arguments.
-        cell: the id of the cell that made the call, as the kernel sent it.
-    """
-
-    name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    cell: str | None = None
 
 
 class SubcallHandler(Protocol):
@@ -188,19 +90,6 @@ class SubcallHandler(Protocol):
 
     # Optional: ``async def tool(self, request: ToolRequest) -> str`` runs a host tool and
     # returns the JSON text of its result; a handler without it has no tools.
-
-
-def _encode(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message).encode("utf-8")
-    return _HEADER.pack(len(body)) + body
-
-
-def _error(exc: BaseException) -> dict[str, Any]:
-    return {"error": ErrorRecord.from_exception(exc).to_metadata()}
-
-
-def _protocol_error(message: str, kind: str = "ProtocolError") -> dict[str, Any]:
-    return {"error": {"type": kind, "message": message, "retries": 0}}
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -286,8 +175,8 @@ class _Connection(asyncio.BufferedProtocol):
         buf, filled = self._buf, self._filled
         self._want = 0
         while filled - start >= 4:
-            (size,) = _HEADER.unpack_from(buf, start)
-            if not self._authenticated and size > _MAX_HELLO_BYTES:
+            (size,) = HEADER.unpack_from(buf, start)
+            if not self._authenticated and size > MAX_HELLO_BYTES:
                 self._refuse("the first frame must be a small hello")
                 return
             if size > self._server.max_frame_bytes:
@@ -341,23 +230,23 @@ class _Connection(asyncio.BufferedProtocol):
             f"a request of {self._discard_size} bytes is larger than the bridge accepts "
             f"({limit} bytes); send less at once (fewer or shorter prompts per call)"
         )
-        match = _ID_PREFIX.match(bytes(self._discard_head))
+        match = ID_PREFIX.match(bytes(self._discard_head))
         self._discard_head.clear()
         if match is None:
             # Without an id there is no caller to tell; close rather than guess.
-            self._send(_protocol_error(message))
+            self._send(protocol_error(message))
             if self._transport is not None:
                 self._transport.close()
             return
-        self._send({"id": int(match.group(1)), **_protocol_error(message)})
+        self._send({"id": int(match.group(1)), **protocol_error(message)})
 
     def _send(self, message: dict[str, Any]) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(_encode(message))
+            transport.write(encode(message))
 
     def _refuse(self, reason: str) -> None:
-        self._send(_protocol_error(f"authentication failed: {reason}", "AuthError"))
+        self._send(protocol_error(f"authentication failed: {reason}", "AuthError"))
         assert self._transport is not None
         self._transport.close()
 
@@ -370,7 +259,7 @@ class _Connection(asyncio.BufferedProtocol):
             if not self._authenticated:
                 self._refuse("the first frame must be a JSON object")
             else:
-                self._send(_protocol_error("each frame must be a JSON object"))
+                self._send(protocol_error("each frame must be a JSON object"))
             return
         if not self._authenticated:
             token = msg.get("token")
@@ -389,11 +278,11 @@ class _Connection(asyncio.BufferedProtocol):
             return
         rid = msg.get("id")
         if not isinstance(rid, int) or isinstance(rid, bool):
-            self._send(_protocol_error("a request needs an integer 'id'"))
+            self._send(protocol_error("a request needs an integer 'id'"))
             return
-        problem = _check_request(msg)
+        problem = check_request(msg)
         if problem:
-            self._send({"id": rid, **_protocol_error(problem)})
+            self._send({"id": rid, **protocol_error(problem)})
             return
         if msg["op"] == "subcall":
             contexts = msg.get("contexts") or [None] * len(msg["prompts"])
@@ -449,16 +338,16 @@ class _Connection(asyncio.BufferedProtocol):
         run = getattr(self._server._handler, "tool", None)
         if run is None:
             message = f"this host has no tools; {request.name!r} is not one"
-            self._send({"id": rid, **_protocol_error(message, "ToolError")})
+            self._send({"id": rid, **protocol_error(message, "ToolError")})
             return
         try:
             text = await run(request)
         except Exception as exc:
-            self._send({"id": rid, **_error(exc)})
+            self._send({"id": rid, **error_reply(exc)})
             return
         if not isinstance(text, str):
             self._send(
-                {"id": rid, **_protocol_error("a tool answer must be JSON text", "ToolError")}
+                {"id": rid, **protocol_error("a tool answer must be JSON text", "ToolError")}
             )
             return
         self._send({"id": rid, "ok": text})
@@ -467,57 +356,9 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             await self._server._handler.final(value, via=via, cell=cell)
         except Exception as exc:
-            self._send({"id": rid, **_error(exc)})
+            self._send({"id": rid, **error_reply(exc)})
         else:
             self._send({"id": rid, "ok": True})
-
-
-def _check_request(msg: dict[str, Any]) -> str:
-    """Return what is wrong with a request, or an empty string."""
-    op = msg.get("op")
-    if op == "subcall":
-        prompts = msg.get("prompts")
-        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            return "'prompts' must be a list of strings"
-        if msg.get("kind") not in _KINDS:
-            return f"'kind' must be one of {', '.join(_KINDS)}"
-        model = msg.get("model")
-        if model is not None and not isinstance(model, str):
-            return "'model' must be a string or null"
-        if msg.get("cell") is not None and not isinstance(msg.get("cell"), str):
-            return "'cell' must be a string or null"
-        contexts = msg.get("contexts")
-        if contexts is not None:
-            if msg.get("kind") != "rlm":
-                return "'contexts' goes with kind 'rlm' only"
-            if not isinstance(contexts, list) or len(contexts) != len(prompts):
-                return "'contexts' must be a list with one entry per prompt"
-            for c in contexts:
-                if c is not None and not (
-                    isinstance(c, dict)
-                    and isinstance(c.get("path"), str)
-                    and c.get("kind") in ("text", "json")
-                ):
-                    return "each context must be null or {'path': str, 'kind': 'text'|'json'}"
-        return ""
-    if op == "final":
-        if not isinstance(msg.get("value"), str):
-            return "'value' must be a string"
-        if msg.get("via") not in _VIAS:
-            return f"'via' must be one of {', '.join(_VIAS)}"
-        return ""
-    if op == "tool":
-        if not isinstance(msg.get("name"), str) or not msg["name"]:
-            return "'name' must be a tool's name"
-        if not isinstance(msg.get("args"), list):
-            return "'args' must be a list"
-        kwargs = msg.get("kwargs")
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-            return "'kwargs' must be an object"
-        if msg.get("cell") is not None and not isinstance(msg.get("cell"), str):
-            return "'cell' must be a string or null"
-        return ""
-    return f"unknown op {op!r}; expected 'subcall', 'tool' or 'final'"
 
 
 class BridgeServer:
@@ -566,9 +407,9 @@ class BridgeServer:
         self._shared_slots = slots
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        if max_frame_bytes < _MAX_HELLO_BYTES or not handshake_timeout > 0:
+        if max_frame_bytes < MAX_HELLO_BYTES or not handshake_timeout > 0:
             raise ValueError(
-                f"max_frame_bytes must be at least {_MAX_HELLO_BYTES} and handshake_timeout "
+                f"max_frame_bytes must be at least {MAX_HELLO_BYTES} and handshake_timeout "
                 f"positive, not {max_frame_bytes} and {handshake_timeout}"
             )
         self._handler = handler
@@ -662,26 +503,15 @@ class BridgeServer:
         try:
             text = await self._handler.subcall(request)
         except Exception as exc:
-            return _error(exc)
+            return error_reply(exc)
         if not isinstance(text, str):
-            return _protocol_error(
+            return protocol_error(
                 f"the sub-call returned {type(text).__name__}, expected str", "SubcallError"
             )
         stop_reason = getattr(text, "stop_reason", None)
         if stop_reason is not None:
             return {"ok": str(text), "stop_reason": str(stop_reason)}
         return {"ok": str(text)}
-
-
-class Reply(str):
-    """A sub-call's answer with why the model stopped (``stop_reason``), for the wire."""
-
-    stop_reason: str | None
-
-    def __new__(cls, text: str, stop_reason: str | None = None) -> Reply:
-        reply = super().__new__(cls, text)
-        reply.stop_reason = stop_reason
-        return reply
 
 
 def socket_dir(prefix: str = "rlm-b-", *, name: str = "bridge.sock") -> Path:

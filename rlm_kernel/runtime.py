@@ -4,7 +4,7 @@ This file runs inside the Jupyter kernel. The host loads it by path as the modul
 ``rlm_kernel_runtime`` (see :func:`bootstrap_code`), so it imports only the standard library and
 nothing from ``rlm_kernel``. Sub-calls and the final answer go to the host through a
 :class:`Transport`: :class:`SocketTransport` speaks the protocol written down in
-``rlm_kernel/bridge.py``; a replay transport answers from a recorded notebook instead.
+``rlm_kernel/bridge_wire.py``; a replay transport answers from a recorded notebook instead.
 
 Errors reach the model as exceptions, never as strings that look like answers::
 

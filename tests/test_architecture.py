@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "gateway_session",
             "gateway_wire",
             "bridge",
+            "bridge_wire",
             "context",
             "outputs",
             "parse",
@@ -40,7 +41,10 @@ LAYERS: list[tuple[str, set[str]]] = [
             "answer",
         },
     ),
-    ("run", {"run", "loop", "subcalls", "tree", "fork", "replay", "verify", "batching"}),
+    (
+        "run",
+        {"run", "compose", "loop", "subcalls", "tree", "fork", "replay", "verify", "batching"},
+    ),
     (
         "ui",
         {

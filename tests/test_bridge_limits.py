@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bridge import Handler, ServerThread, _frame, _raw_connection, _read, connect
 
-from rlm_kernel import bridge, errors, runtime
+from rlm_kernel import bridge, bridge_wire, errors, runtime
 from rlm_kernel.bridge import BridgeServer, socket_dir
 
 
@@ -270,7 +270,7 @@ def test_the_kernel_side_reads_back_what_the_host_encodes(value):
     # Host and kernel frame alike: what one encodes, the other's reader returns unchanged.
     a, b = socket.socketpair()
     with a, b:
-        a.sendall(bridge._encode({"id": 1, "v": value}) * 3)
+        a.sendall(bridge_wire.encode({"id": 1, "v": value}) * 3)
         conn = runtime._Connection(b)
         got = []
         while len(got) < 3:
