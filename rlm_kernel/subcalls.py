@@ -111,16 +111,7 @@ class SubcallService:
                 handoff.unlink(missing_ok=True)
             await self._refuse(request, e)
             raise
-        self._ids += 1
-        record = SubcallRecord(
-            id=self._ids,
-            kind="rlm" if request.kind == "rlm" else "llm",
-            model=request.model or self.sub.name,
-            prompt_sha256=prompt_sha256(request.prompt),
-            prompt_chars=len(request.prompt),
-            prompt_preview=request.prompt[:PROMPT_PREVIEW_CHARS],
-            cell=request.cell,
-        )
+        record = self._new_record(request)
         if request.cell in self._recorded:
             record.note = "made after its cell had finished (a thread that outlived the cell)"
         # Kept before the call so records keep the order the calls were made in.
@@ -206,15 +197,8 @@ class SubcallService:
             if request.cell in self._recorded and record.count & (record.count - 1) == 0:
                 await self._tell_late(request.cell)
             return
-        self._ids += 1
-        record = SubcallRecord(
-            id=self._ids,
-            kind="rlm" if request.kind == "rlm" else "llm",
-            model=request.model or self.sub.name,
-            prompt_sha256=prompt_sha256(request.prompt),
-            prompt_chars=len(request.prompt),
-            prompt_preview=request.prompt[:PROMPT_PREVIEW_CHARS],
-            cell=request.cell,
+        record = self._new_record(
+            request,
             error=ErrorRecord.from_exception(error),
             note="refused by the budget; later refusals in this cell are counted in count",
         )
@@ -222,6 +206,20 @@ class SubcallService:
         self._cells.setdefault(request.cell, []).append(record)
         await run_hook(self.on_subcall, record=record)
         await self._tell_late(request.cell)
+
+    def _new_record(self, request: SubcallRequest, **fields: Any) -> SubcallRecord:
+        """The record of one model call the kernel's code asked for, numbered in call order."""
+        self._ids += 1
+        return SubcallRecord(
+            id=self._ids,
+            kind="rlm" if request.kind == "rlm" else "llm",
+            model=request.model or self.sub.name,
+            prompt_sha256=prompt_sha256(request.prompt),
+            prompt_chars=len(request.prompt),
+            prompt_preview=request.prompt[:PROMPT_PREVIEW_CHARS],
+            cell=request.cell,
+            **fields,
+        )
 
     async def _tell_late(self, cell: str | None) -> None:
         if cell in self._recorded and self.on_late is not None:

@@ -27,29 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ToolError, UsageError
+from .runtime import INSTALLED_NAMES
 
 __all__ = ["ToolBox", "ToolsInput", "kernel_setup", "load_tool", "request_text"]
 
 ToolsInput = Mapping[str, Callable[..., Any]] | Sequence[Callable[..., Any]] | None
 DOC_CHARS = 600
 # Names the kernel already gives the model's code: a tool must not hide them.
-_RESERVED = frozenset(
-    {
-        "context",
-        "answer",
-        "llm_query",
-        "llm_query_batched",
-        "rlm_query",
-        "rlm_query_batched",
-        "FINAL",
-        "FINAL_VAR",
-        "SHOW_VARS",
-        "SubcallError",
-        "BudgetExceeded",
-        "ReplayMiss",
-        "ToolError",
-    }
-)
+_RESERVED = frozenset(n for n in INSTALLED_NAMES if not n.startswith("_")) | {"ToolError"}
 
 
 def request_text(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
