@@ -34,7 +34,10 @@ ANSWER = "```repl\nx = len(context)\nprint(x)\n```\nFINAL_VAR(x)"
 def children() -> set[int]:
     pids: set[int] = set()
     for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        pids.update(int(p) for p in Path(path).read_text().split())
+        try:
+            pids.update(int(p) for p in Path(path).read_text().split())
+        except FileNotFoundError:  # the thread ended since the listing; it has no children
+            continue
     return pids
 
 
