@@ -184,9 +184,9 @@ class StepLoop:
             self.recorder.meta["cache_hits"] = self.budget.cache_hits
 
     def save(self) -> None:
-        """Write the run's totals into the notebook and save it."""
+        """Write the run's totals into the notebook and save it (to disk in the background)."""
         self.record_totals()
-        self.recorder.save()
+        self.recorder.save(wait=False)
 
     # -- one step -----------------------------------------------------------------------------
 

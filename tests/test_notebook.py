@@ -446,6 +446,72 @@ def test_a_failed_save_keeps_the_last_complete_step_on_disk(tmp_path, monkeypatc
     _assert_written_like_nbformat(rec)
 
 
+def test_background_saves_land_whole_and_the_newest_version_wins(tmp_path):
+    rec = Recorder(tmp_path / "run.ipynb", _meta())
+    for k in range(1, 21):
+        _add_step(rec, k)
+        rec.save(wait=False)  # returns before the disk write; a newer one replaces a queued one
+    rec.flush()
+    assert [c.id for c in load(rec.path).cells][-2:] == ["step-20", "step-20-code-1"]
+    _assert_written_like_nbformat(rec)
+    assert _files(tmp_path) == ["run.ipynb"]
+    rec.finish(status="answered", stop_reason="final", answer="x")
+    assert load(rec.path).metadata.rlm.status == "answered"
+    assert _files(tmp_path) == ["run.ipynb"]
+
+
+def test_a_failed_background_save_is_raised_later_and_keeps_the_previous_file(
+    tmp_path, monkeypatch
+):
+    rec = Recorder(tmp_path / "run.ipynb", _meta())
+    _add_step(rec, 1)
+    rec.save()
+    before = rec.path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError(5, "Input/output error")
+
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", crash)  # the writer thread looks it up at each write
+    _add_step(rec, 2)
+    rec.save(wait=False)
+    with pytest.raises(OSError, match="Input/output error"):
+        rec.flush()
+    assert rec.path.read_bytes() == before
+    assert _files(tmp_path) == ["run.ipynb"]
+
+    # The error is raised once; once the disk works again, the next save writes every step.
+    monkeypatch.setattr(os, "replace", real_replace)
+    rec.save(wait=False)
+    rec.flush()
+    assert [c.id for c in load(rec.path).cells][-2:] == ["step-2", "step-2-code-1"]
+    _assert_written_like_nbformat(rec)
+
+
+def test_finishing_writes_the_last_version_even_after_a_failed_background_save(
+    tmp_path, monkeypatch
+):
+    rec = Recorder(tmp_path / "run.ipynb", _meta())
+    real_replace = os.replace
+    failed = []
+
+    def fail_once(src, dst):
+        if not failed:
+            failed.append(src)
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_once)
+    _add_step(rec, 1)
+    rec.save(wait=False)
+    rec.finish(status="answered", stop_reason="final", answer="x")
+    assert failed  # the background write did fail
+    nb = load(rec.path)
+    assert nb.metadata.rlm.status == "answered"
+    assert [c.id for c in nb.cells][-3:] == ["step-1", "step-1-code-1", "rlm-answer"]
+    assert _files(tmp_path) == ["run.ipynb"]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_during_the_write_keeps_the_previous_file(tmp_path, monkeypatch):
     rec = Recorder(tmp_path / "run.ipynb", _meta())

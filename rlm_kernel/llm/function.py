@@ -36,9 +36,11 @@ class FunctionLLM:
         self, messages: Sequence[Message], *, max_tokens: int, **sampling: Any
     ) -> Completion:
         """Call the function with a copy of ``messages`` (and the sampling keywords given)."""
-        # The function gets its own copy: a script that mutates it cannot corrupt the run's history.
-        convo = [dict(m) for m in messages]
+        # The call's time includes handing it the conversation, as an HTTP model's includes
+        # sending it. The function gets its own copy: a script that mutates it cannot corrupt
+        # the run's history.
         start = time.perf_counter()
+        convo = [dict(m) for m in messages]
         if self._is_async:
             out = await self.fn(convo, **sampling)
         else:

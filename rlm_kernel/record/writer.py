@@ -1,10 +1,12 @@
 """The one writer of run notebooks: the step-by-step recorder and whole-notebook writes.
 
-A run is recorded as a valid nbformat 4 notebook, rewritten atomically after every step, so a crash
-leaves the last complete step on disk. Cells, in order: a markdown summary (tag ``rlm-summary``),
-a setup cell that replays the run (tag ``rlm-setup``), then per step a markdown cell with the
-model's text (tag ``rlm-step``) and one code cell per code block, and finally the answer (tag
-``rlm-answer``). Run-level data lives under the notebook's ``metadata.rlm``.
+A run is recorded as a valid nbformat 4 notebook, rewritten atomically after every step, so a
+crash leaves a complete earlier step on disk (the run loop saves on a background thread, so the
+step just taken may be the one missing; the end of a run waits for the disk). Cells, in order: a
+markdown summary (tag ``rlm-summary``), a setup cell that replays the run (tag ``rlm-setup``),
+then per step a markdown cell with the model's text (tag ``rlm-step``) and one code cell per code
+block, and finally the answer (tag ``rlm-answer``). Run-level data lives under the notebook's
+``metadata.rlm``.
 
 Saving stays cheap however long the run: each cell is serialized once, when it is added, and a save
 only re-serializes the summary cell and the notebook metadata, then joins the cached bytes. The
@@ -19,13 +21,11 @@ from __future__ import annotations
 
 import bisect
 import copy
-import itertools
 import json
 import os
 import pathlib
 import platform
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nbformat
@@ -35,6 +35,7 @@ from nbformat.v4.rwbase import split_lines
 from ..errors import NotebookFormatError, OutputPathError
 from ..types import Usage
 from . import format as fmt
+from .atomic import WriteBehind, atomic_write
 from .meta import default_meta, duration, fill_defaults, now, to_plain
 from .paths import rebase, relocate
 from .records import SubcallRecord
@@ -115,6 +116,7 @@ class Recorder:
         self._row_text: list[str] = []
         self._row_json: list[bytes] = []
         self._finished = False
+        self._behind = WriteBehind(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.save()
@@ -242,14 +244,31 @@ class Recorder:
         )
         self._append(note)
 
-    def save(self) -> None:
+    def save(self, *, wait: bool = True) -> None:
         """Validate what changed since the last save and write the notebook atomically.
+
+        Args:
+            wait: write before returning. With ``wait=False`` the bytes are prepared here and
+                written on a background thread, so that a step does not wait for the disk; a
+                later save replaces a write not yet started (the newest version wins), and
+                :meth:`flush` (or :meth:`finish`) waits for it.
 
         Raises:
             NotebookFormatError: the notebook would not be valid nbformat 4.
-            OSError: the file could not be written; the previous version is left intact.
+            OSError: the file could not be written (with ``wait=False``: the previous background
+                write failed); the previous version is left intact, and a later save writes
+                everything again.
         """
-        self._write(validate_all=False)
+        self._write(validate_all=False, wait=wait)
+
+    def flush(self) -> None:
+        """Wait until every background save is on disk.
+
+        Raises:
+            OSError: a background write failed; the previous version is left intact.
+            TimeoutError: the disk took longer than :data:`~.atomic.WRITE_DEADLINE_S`.
+        """
+        self._behind.flush()
 
     def finish(
         self,
@@ -290,6 +309,12 @@ class Recorder:
         )
         self._append(cell)
         self._finished = True
+        try:
+            self.flush()
+        except TimeoutError:
+            raise  # a write still in flight could land after the last version
+        except OSError:
+            pass  # the last version is written whole below, or fails there with its own error
         self._write(validate_all=True)
 
     # -- internals ------------------------------------------------------------------------------
@@ -348,7 +373,7 @@ class Recorder:
             self._row_text.insert(i, line)
             self._row_json.insert(i, _encode(line))
 
-    def _write(self, *, validate_all: bool) -> None:
+    def _write(self, *, validate_all: bool, wait: bool = True) -> None:
         if not isinstance(self.meta, nbformat.NotebookNode):
             self.meta = nbformat.from_dict(self.meta)
         self.meta["format"] = fmt.FORMAT
@@ -389,8 +414,11 @@ class Recorder:
             f',\n "nbformat": {self.nb.nbformat},\n'.encode(),
             f' "nbformat_minor": {self.nb.nbformat_minor}\n}}\n'.encode(),
         )
-        pieces = itertools.chain((b'{\n "cells": [\n',), self._cell_json, tail)
-        _atomic_write(self.path, pieces)
+        pieces = [b'{\n "cells": [\n', *self._cell_json, *tail]
+        if wait:
+            atomic_write(self.path, pieces)
+        else:
+            self._behind.submit(pieces)
         self._unsaved = 0
 
 
@@ -409,7 +437,7 @@ def write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str]) -> p
     text = nbformat.writes(nb)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, [text.encode("utf-8")])
+        atomic_write(path, [text.encode("utf-8")])
     except OSError as e:
         raise OutputPathError(f"cannot write the notebook {path}: {e.strerror or e}") from e
     return path
@@ -473,20 +501,6 @@ def _skeleton(nb: Any, cells: list[Any], *, metadata: Any) -> nbformat.NotebookN
     return nbformat.NotebookNode(
         nbformat=nb.nbformat, nbformat_minor=nb.nbformat_minor, metadata=metadata, cells=cells
     )
-
-
-def _atomic_write(path: pathlib.Path, pieces: Iterable[bytes]) -> None:
-    """Write ``pieces`` to ``path`` through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # os.open applies the umask, so the notebook gets the usual permissions of a new file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with open(fd, "wb") as f:
-            f.write(b"".join(pieces))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _reason(error: Exception) -> str:

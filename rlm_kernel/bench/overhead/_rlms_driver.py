@@ -119,7 +119,21 @@ class Driver:
 
     def subcalls(self, mode: str) -> dict[str, Any]:
         values = self.cell(mode, self.job["subcall_cell"], self.job["sub0"])
-        return {"subcall": statistics.median(values["llm_query_us"]), "subcall_reps_us": values}
+        figure = statistics.median(values["llm_query_us"])
+        # What rlms adds to the model call: the same figure less a bare call of the client its
+        # handler calls, timed here, in rlms' own environment.
+        client = self.client(self.job["sub0"])
+        bare = []
+        for _ in range(self.plan["subcalls"]):
+            start = time.perf_counter()
+            client.completion("p")
+            bare.append((time.perf_counter() - start) * 1e6)
+        return {
+            "subcall": figure,
+            "subcall_added": figure - statistics.median(bare),
+            "subcall_reps_us": values,
+            "subcall_client_us": statistics.median(bare),
+        }
 
     def batched(self, mode: str) -> dict[str, Any]:
         out = {}
