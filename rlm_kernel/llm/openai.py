@@ -123,14 +123,15 @@ class OpenAILLM:
                 text, finish, raw_usage, request = await self._streamed(params)
             else:
                 raw = await self._client.chat.completions.with_raw_response.create(**params)
-                completion = raw.parse()
                 request = raw.http_request
-                choice = completion.choices[0] if completion.choices else None
+                # Three fields of the JSON body, read as JSON: building the SDK's models of the
+                # whole reply would cost more than the rest of the call on a local server.
+                choice, raw_usage = _first_choice(raw.http_response.json())
                 if choice is None:
                     raise _sdk.no_reply(self.name, streamed=False)
-                text = choice.message.content or ""
-                finish = choice.finish_reason
-                raw_usage = completion.usage
+                message = choice.get("message")
+                text = (message.get("content") if isinstance(message, dict) else None) or ""
+                finish = choice.get("finish_reason")
         except ModelError:
             raise
         except Exception as exc:
@@ -175,7 +176,7 @@ class OpenAILLM:
                         parts.append(choice.delta.content or "")
                         finish = choice.finish_reason or finish
                 if chunk.usage is not None:
-                    raw_usage = chunk.usage
+                    raw_usage = chunk.usage.to_dict()
         if chunks == 0:
             raise _sdk.no_reply(self.name, streamed=True)
         if finish is None:
@@ -203,17 +204,31 @@ def _make_client(*, max_retries: int, timeout: float) -> openai_types.AsyncOpenA
         raise UsageError(f"the OpenAI client could not be set up: {exc}") from None
 
 
+def _first_choice(body: Any) -> tuple[dict[str, Any] | None, Any]:
+    """The first choice of a chat completion body and its usage (each ``None`` if absent).
+
+    Raises:
+        ValueError: the body is not a chat completion object.
+    """
+    if not isinstance(body, dict):
+        raise ValueError(f"the reply is a JSON {type(body).__name__}, not an object")
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    return (first if isinstance(first, dict) else None), body.get("usage")
+
+
 def _usage(raw: Any) -> Usage:
-    if raw is None:
+    """The usage of a reply, from the body's ``usage`` object."""
+    if not isinstance(raw, dict):
         # Unknown, not zero: llama.cpp and others send no usage in streams.
         return Usage.unknown()
-    details = getattr(raw, "prompt_tokens_details", None)
-    cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
-    prompt = raw.prompt_tokens or 0
+    details = raw.get("prompt_tokens_details")
+    cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    prompt = raw.get("prompt_tokens") or 0
     return Usage(
         calls=1,
         input_tokens=max(0, prompt - cached),
-        output_tokens=raw.completion_tokens or 0,
+        output_tokens=raw.get("completion_tokens") or 0,
         cache_read_input_tokens=cached,
     )
 
