@@ -8,11 +8,13 @@ in the same process and the same run as the figure it sits beside.
 from __future__ import annotations
 
 import asyncio
+import json
 import mmap
 import random
 import shutil
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,47 @@ class SdkFloor:
     async def aclose(self) -> None:
         """Close the SDK's connections."""
         await self.client.close()
+
+
+class RawHttp:
+    """Chat completions over kept HTTP/1.1 connections with asyncio streams and nothing else.
+
+    What the model server itself takes for a call, with no client library around it: beside
+    the SDK floor, it tells the server's share of a figure from the SDK's.
+    """
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        url = urllib.parse.urlsplit(base_url)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.head = (
+            f"POST {url.path.rstrip('/')}/chat/completions HTTP/1.1\r\n"
+            f"Host: {url.netloc}\r\nAuthorization: Bearer {api_key}\r\n"
+            "Content-Type: application/json\r\n"
+        ).encode()
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def call(self, model: str) -> None:
+        """One non-streamed chat completion; the reply is read and dropped."""
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "p"}]})
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.write(self.head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode()))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await asyncio.wait_for(reader.readexactly(length), 60)
+        self.idle.append((reader, writer))
+
+    async def aclose(self) -> None:
+        """Close the kept connections."""
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
 
 
 class Echo(asyncio.Protocol):
