@@ -23,8 +23,10 @@ from rlm_kernel import RLM, runtime
 from rlm_kernel.context import prepare
 from rlm_kernel.errors import RLMKernelError
 from rlm_kernel.kernel import KernelSession
+from rlm_kernel.llm import resolve
 from rlm_kernel.outputs import render_text
 from rlm_kernel.record import read
+from rlm_kernel.types import Limits
 
 from .floors import (
     BareKernel,
@@ -231,6 +233,16 @@ class Suite:
             await server.wait_closed()
             shutil.rmtree(sock_dir, ignore_errors=True)
         sdk = statistics.median([await self.sdk.call(self.models.sub(0.0)) for _ in range(n)])
+        # The sub-model called directly on the host, the way the run calls it (the provider a
+        # run resolves, its default sub-call token cap), with no kernel, bridge or records.
+        provider = resolve(f"openai:{self.models.sub(0.0)}")
+        prompt = [{"role": "user", "content": "p"}]
+        direct = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await provider.complete(prompt, max_tokens=Limits().sub_max_tokens)
+            direct.append(time.perf_counter() - start)
+        direct_us = statistics.median(direct) * 1e6
         ours = statistics.median(values["llm_query_us"])
         echo = statistics.median(values["echo_us"])
         floor = echo + sdk * 1e6
@@ -248,15 +260,16 @@ class Suite:
                     "reps_us": values["llm_query_us"],
                     "echo_us": values["echo_us"],
                     "sdk_call_us": round(sdk * 1e6, 1),
+                    "direct_call_us": round(direct_us, 1),
                 },
             ),
-            # The same figure less the model call each side makes (ours: a bare call of the
-            # async SDK client; rlms: a bare call of its own client), so what is left is what
-            # each implementation adds; the floor is the socket echo alone.
+            # The same figure less one direct call of the model client each side uses (ours:
+            # the provider; rlms: its OpenAIClient), so what is left is what each adds to the
+            # call between the kernel's code and the client; the floor is the socket echo.
             Figure(
                 "subcall_added",
-                "sequential sub-call less one bare model call",
-                ours - sdk * 1e6,
+                "sequential sub-call less a direct model call",
+                ours - direct_us,
                 echo,
                 "µs",
                 "socket echo",
