@@ -8,7 +8,7 @@ specific to one SDK (request parameters, reply parsing, usage, error bodies) sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import ModuleType
 from typing import Any
 
@@ -148,6 +148,38 @@ def _endpoint(exc: BaseException, base_url: object) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+async def server_events(response: Any, sdk: ModuleType) -> AsyncIterator[tuple[str | None, str]]:
+    """The server-sent events of a streamed reply, as ``(event, data)``, from its HTTP response.
+
+    Transport failures become the SDK's ``APITimeoutError`` and ``APIConnectionError`` (raised
+    from the transport's error), as the SDK's own stream iterators raise them.
+    """
+    event: str | None = None
+    data: list[str] = []
+    try:
+        async for line in response.aiter_lines():
+            if not line:  # a blank line ends an event
+                if data:
+                    yield event, "\n".join(data)
+                event, data = None, []
+            elif not line.startswith(":"):  # a line starting with ':' is a comment
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "data":
+                    data.append(value)
+                elif field == "event":
+                    event = value
+    except Exception as exc:
+        cause = _transport_error(exc)
+        if cause is None:
+            raise
+        if any(cls.__name__ == "TimeoutException" for cls in type(cause).__mro__):
+            raise sdk.APITimeoutError(request=response.request) from exc
+        raise sdk.APIConnectionError(request=response.request) from exc
+    if data:
+        yield event, "\n".join(data)
 
 
 def no_reply(name: str, *, streamed: bool) -> ModelError:
