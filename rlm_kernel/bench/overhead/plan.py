@@ -36,7 +36,7 @@ class Plan:
     sizes_mb: tuple[int, ...] = (1, 10, 100, 300)
     memory_mb: int = 100
     growth_steps: int = 500
-    window: int = 20
+    window: int = 50
     children: int = 4
     child_latency: float = 0.25
     parts: tuple[str, ...] = field(default=PARTS)
