@@ -309,12 +309,6 @@ class Recorder:
         )
         self._append(cell)
         self._finished = True
-        try:
-            self.flush()
-        except TimeoutError:
-            raise  # a write still in flight could land after the last version
-        except OSError:
-            pass  # the last version is written whole below, or fails there with its own error
         self._write(validate_all=True)
 
     # -- internals ------------------------------------------------------------------------------
@@ -416,6 +410,13 @@ class Recorder:
         )
         pieces = [b'{\n "cells": [\n', *self._cell_json, *tail]
         if wait:
+            # A background write still in flight must not land after this newer version.
+            try:
+                self._behind.flush()
+            except TimeoutError:
+                raise
+            except OSError:
+                pass  # this version is written whole now, or fails with its own error
             atomic_write(self.path, pieces)
         else:
             self._behind.submit(pieces)
