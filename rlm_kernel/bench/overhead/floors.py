@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,19 @@ def proc_rss_mib(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0]) / 1024
     return out
+
+
+async def capped(n: int, cap: int, call: Callable[[], Awaitable[object]]) -> float:
+    """Seconds of ``n`` calls of ``call`` made concurrently, at most ``cap`` at a time."""
+    slots = asyncio.Semaphore(cap)
+
+    async def one() -> None:
+        async with slots:
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return time.perf_counter() - start
 
 
 def timed(fn: Callable[[], object], reps: int) -> list[float]:

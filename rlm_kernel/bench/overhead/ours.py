@@ -33,6 +33,7 @@ from .floors import (
     Echo,
     RawHttp,
     SdkFloor,
+    capped,
     mmap_decode,
     proc_rss_mib,
     timed,
@@ -285,28 +286,11 @@ class Suite:
             n = self.plan.per_slot * cap
             question = cell_question(bench_cell("batched", f"llm_query_batched, {n}, 'p'"))
             _, values = await self.run(question, sub_latency=latency, max_concurrency=cap)
-            slots = asyncio.Semaphore(cap)
             name = self.models.sub(latency)
-
-            async def one(name: str = name, slots: asyncio.Semaphore = slots) -> None:
-                async with slots:
-                    await self.sdk.call(name)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(one() for _ in range(n)))
-            floor = time.perf_counter() - start
+            floor = await capped(n, cap, lambda name=name: self.sdk.call(name))
             # The server's share: the same calls as bare HTTP requests, no SDK.
             http = RawHttp(self.models.base_url, self.models.api_key)
-
-            async def bare(
-                name: str = name, slots: asyncio.Semaphore = slots, http: RawHttp = http
-            ) -> None:
-                async with slots:
-                    await http.call(name)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(bare() for _ in range(n)))
-            raw_http = time.perf_counter() - start
+            raw_http = await capped(n, cap, lambda name=name, http=http: http.call(name))
             await http.aclose()
             ideal = math.ceil(n / cap) * latency
             ours = values["batched_s"]
